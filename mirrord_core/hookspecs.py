@@ -1,0 +1,110 @@
+"""Hook specifications: everything a mirrord plugin can provide.
+
+Grouped by lifecycle: registration (read once when plugins load), session setup
+(``mirrord run`` resolving the target and starting the agent), process setup (what the
+user's process starts with and which syscalls are handled), and the agent side.
+Hooks on a per-syscall path return handler objects once; the hot path never calls
+``pm.hook``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pluggy
+
+from mirrord_core.handler_protocols import SyscallHandler
+from mirrord_core.target_model import AgentEndpoint, ResolvedTarget
+
+PROJECT_NAME = "mirrord"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+@hookspec
+def register_config_sections() -> Mapping[str, type]:
+    """Declare the config sections this plugin owns.
+
+    Receives nothing. Returns ``{dotted_path: attrs_class}``, e.g.
+    ``{"feature.fs": FsConfig}``; paths are ``feature.<name>`` or a new top-level key.
+    Collected from every plugin; two plugins claiming one path is an error.
+    """
+
+
+@hookspec
+def register_agent_handlers() -> Mapping[str, Any]:
+    """Declare the agent-side request handlers this plugin serves.
+
+    Receives nothing. Returns ``{message_type_tag: handler}`` for the message types the
+    agent dispatches to this plugin. Collected from every plugin; the agent builds its
+    dispatch table once at start-up.
+    """
+
+
+# -- session setup (mirrord run) ----------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def resolve_target(config: Any) -> ResolvedTarget | None:
+    """Turn the configured target into something an agent can attach to.
+
+    Receives the resolved config tree. Returns a :class:`ResolvedTarget`, or ``None`` when
+    this plugin does not handle the configured target kind. First result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def spawn_agent(config: Any, target: ResolvedTarget | None) -> AgentEndpoint | None:
+    """Start (or find) an agent for ``target`` and say how to reach it.
+
+    Receives the config and the resolved target (``None`` when ``connect_tcp`` names an
+    agent). Returns an :class:`AgentEndpoint` whose ``release`` stops what was started,
+    or ``None`` when this plugin cannot spawn for that target. First result wins.
+    """
+
+
+# -- process setup -------------------------------------------------------------------------
+
+
+@hookspec
+def filter_env(config: Any, remote_env: Mapping[str, str]) -> Mapping[str, str] | None:
+    """Decide the environment the user's process starts with.
+
+    Receives the config and the target's environment. Returns the environment to use, or
+    ``None`` to leave it unchanged. Chained: implementations run in plugin order and each
+    receives the previous one's result as ``remote_env`` (see
+    :func:`mirrord_core.plugin_manager.apply_env_filters`).
+    """
+
+
+@hookspec
+def hook_fs(config: Any, session: Any) -> list[SyscallHandler] | None:
+    """Provide the file-system interception handlers for a session.
+
+    Receives the config and the agent session. Returns handler objects (the syscalls
+    they need trapped and how to answer them), or ``None`` when the feature is off.
+    Collected from every plugin; called once per session, never per syscall.
+    """
+
+
+@hookspec
+def handle_outgoing(config: Any, session: Any) -> list[SyscallHandler] | None:
+    """Provide handlers for outgoing traffic (``connect``, ``sendto``, DNS).
+
+    Receives the config and the agent session. Returns handler objects, or ``None``.
+    Collected from every plugin; called once per session.
+    """
+
+
+@hookspec
+def handle_incoming(config: Any, session: Any) -> list[SyscallHandler] | None:
+    """Provide handlers for incoming traffic (``bind``/``listen``/``accept``) and the relay.
+
+    Receives the config and the agent session. Returns handler objects, or ``None``.
+    Collected from every plugin; called once per session.
+    """

@@ -1,0 +1,1 @@
+"""mirrord plugin: remote environment variables."""

@@ -1,0 +1,1 @@
+"""What the env plugin does inside ``mirrord run``."""

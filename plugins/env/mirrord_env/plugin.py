@@ -1,0 +1,20 @@
+"""The env plugin's hook implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mirrord_core.hookspecs import hookimpl
+from mirrord_env.config import EnvConfig
+from mirrord_env.local.env_filter import EnvFilter
+
+
+@hookimpl
+def register_config_sections() -> Mapping[str, type]:
+    return {"feature.env": EnvConfig}
+
+
+@hookimpl
+def filter_env(config: Any, remote_env: Mapping[str, str]) -> Mapping[str, str]:
+    return EnvFilter.from_config(config.feature.env).apply(remote_env)

@@ -1,0 +1,1 @@
+"""mirrord plugin: incoming and outgoing traffic and DNS."""

@@ -1,0 +1,13 @@
+"""The network plugin's hook implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mirrord_core.hookspecs import hookimpl
+from mirrord_network.config import NetworkConfig
+
+
+@hookimpl
+def register_config_sections() -> Mapping[str, type]:
+    return {"feature.network": NetworkConfig}

@@ -1,0 +1,1 @@
+"""mirrord plugin: targets and agent spawning."""
