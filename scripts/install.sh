@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs mirrord (core + the four first-party plugins) into ./.venv, idempotently.
+# Usage: scripts/install.sh [--with-tests]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[[ "${1:-}" == "--with-tests" ]] && with_tests=1
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: the Python venv module, and what the sandbox pods and later features use.
+packages=(python3 python3-venv python3-pip iproute2 busybox-static dnsmasq-base nftables fuse3
+          util-linux procps)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing system packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip setuptools >/dev/null
+extras=""
+((with_tests)) && extras="[test]"
+.venv/bin/python -m pip install -q -e ".${extras}" -e plugins/fs -e plugins/env \
+    -e plugins/network -e plugins/target
+if ((with_tests)); then
+    # The third-party plugin the tests install as a user would (a separate distribution).
+    .venv/bin/python -m pip install -q --no-build-isolation -e tests/plugins/mirrord-hello
+fi
+echo "mirrord installed in $(pwd)/.venv (run: .venv/bin/mirrord --help)"
