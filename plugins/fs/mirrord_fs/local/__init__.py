@@ -1,0 +1,1 @@
+"""What the fs plugin does inside ``mirrord run``."""
