@@ -10,10 +10,13 @@ from mirrord_env.agent.environ_reader import parse_environ, read_environ
 
 def test_reads_a_real_process_environment() -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)"],
+        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)"],
         env={"GREETING": "hello=world", "EMPTY": "", "ÜNICODE": "ß"},
+        stdout=subprocess.PIPE,
     )
     try:
+        # Before exec the child still has our environment: wait until it runs.
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         env = read_environ(child.pid)
     finally:
         child.kill()
