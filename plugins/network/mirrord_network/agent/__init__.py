@@ -1,0 +1,1 @@
+"""What the agent serves for the network plugin."""
