@@ -28,7 +28,7 @@ from . import dns, netns, pod, process
 from .addressing import AddressPlan, allocate_cidr
 from .errors import SandboxError
 from .netns import Ip
-from .pod import Pod, PodSpec
+from .pod import POD_INTERFACE, Pod, PodSpec
 from .state import PodState, SandboxState, global_lock, list_states, state_dir
 from .teardown import NETNS_PREFIX, WORKDIR_PREFIX, cleanup_stale, teardown
 from .tools import Tools, check_prerequisites
@@ -130,10 +130,7 @@ class Sandbox:
     def down(name: str) -> bool:
         """Tear down sandbox `name` from its state file; False if it does not exist."""
         state = SandboxState.load(name)
-        if state is None:
-            return False
-        teardown(state)
-        return True
+        return state is not None and teardown(state)
 
     # teardown -----------------------------------------------------------------
 
@@ -420,6 +417,8 @@ class Sandbox:
         config.write_text(
             dns.render_config(
                 listen=ipaddress.IPv4Address(state.dns_ip),
+                interface=POD_INTERFACE,
+                cidr=ipaddress.IPv4Network(state.cidr),
                 domain=state.domain,
                 entries=entries,
                 pid_file=directory / "dnsmasq.pid",

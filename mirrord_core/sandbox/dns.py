@@ -1,8 +1,10 @@
-"""The sandbox's cluster DNS: dnsmasq answering for the `cluster.local` zone.
+"""The sandbox's cluster DNS: dnsmasq authoritative for the `cluster.local` zone.
 
 It knows only the sandbox's own names: no upstream servers, no host
-/etc/hosts, no DHCP. A name outside the zone is refused rather than forwarded,
-so a DNS lookup from a pod can never leave the machine.
+/etc/hosts, no DHCP. It answers the zone (and the pod CIDR's reverse zone)
+authoritatively, a missing name with NXDOMAIN, and anything outside the zone
+with REFUSED rather than forwarding it, so a DNS lookup from a pod can never
+leave the machine.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def records(
 def render_config(
     *,
     listen: ipaddress.IPv4Address,
+    interface: str,
+    cidr: ipaddress.IPv4Network,
     domain: str,
     entries: Sequence[tuple[str, str]],
     pid_file: Path,
@@ -64,8 +68,12 @@ def render_config(
         "bind-interfaces",
         f"listen-address={listen}",
         f"port={DNS_PORT}",
-        # Answer the zone from local data only: unknown names get NXDOMAIN
-        # (which lets resolvers walk their search list) instead of REFUSED.
+        # Authoritative mode: answers carry the AA flag, unknown names in the
+        # zone get NXDOMAIN (so resolvers walk their search list), and the
+        # CIDR's reverse zone comes for free from the host records.
+        f"auth-server=ns.dns.{domain},{interface}",
+        f"auth-zone={domain},{cidr}",
+        # Should a query ever take the non-authoritative path: local data only.
         f"local=/{domain}/",
         "domain-needed",
         "bogus-priv",

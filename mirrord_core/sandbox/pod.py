@@ -25,6 +25,8 @@ from .netns import netns_path
 from .tools import Tools
 
 DEFAULT_HTTP_PORT = 8080
+# The pod's end of its veth pair, named as in a Kubernetes pod.
+POD_INTERFACE = "eth0"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Applets linked into /bin of every pod (when busybox has them). Deliberately

@@ -1,9 +1,13 @@
 """The persisted record of a sandbox: everything teardown needs, from any process.
 
-`<run dir>/<name>/state.json` (run dir: /run/mirrord-sandbox unless
-MIRRORD_SANDBOX_RUN_DIR says otherwise) is written *before* each resource is
+`/run/mirrord-sandbox/<name>/state.json` is written *before* each resource is
 created, so even a builder killed halfway leaves a record from which
 `Sandbox.down(name)` or `cleanup_stale()` can remove what exists.
+
+The directory is deliberately not configurable: namespaces, routes and
+interfaces are machine-wide, and `cleanup_stale()` treats any sandbox
+namespace that no state file mentions as an orphan, so every sandbox on the
+machine must be recorded in the same place.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ from pathlib import Path
 from .errors import SandboxError
 from .process import ProcessRef
 
-RUN_DIR_ENV = "MIRRORD_SANDBOX_RUN_DIR"
+RUN_DIR = Path("/run/mirrord-sandbox")
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 
 
 def run_dir() -> Path:
     """The directory holding one state directory per sandbox."""
-    return Path(os.environ.get(RUN_DIR_ENV, "/run/mirrord-sandbox"))
+    return RUN_DIR
 
 
 def state_dir(name: str) -> Path:
@@ -99,7 +103,9 @@ class SandboxState:
     def save(self) -> None:
         """Write atomically, so a reader never sees half a file."""
         directory = state_dir(self.name)
-        directory.mkdir(parents=True, exist_ok=True)
+        run_dir().mkdir(parents=True, exist_ok=True)
+        # Private: the state holds the pods' environments, which may be secrets.
+        directory.mkdir(mode=0o700, exist_ok=True)
         tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
         os.replace(tmp, self.path)

@@ -9,6 +9,7 @@ only if something is left, so `down` can simply be repeated.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import shutil
@@ -21,7 +22,7 @@ from . import process
 from .errors import SandboxError
 from .netns import Ip, list_netns, pids_in_netns
 from .state import SandboxState, global_lock, list_states, state_dir
-from .tools import find_ip
+from .tools import find_ip, require_root
 
 log = logging.getLogger("mirrord.sandbox")
 
@@ -73,12 +74,37 @@ def _ignore_vanished(
         raise exc_info[1]
 
 
-def teardown(state: SandboxState, *, children: Iterable[subprocess.Popen[bytes]] = ()) -> None:
+def teardown(state: SandboxState, *, children: Iterable[subprocess.Popen[bytes]] = ()) -> bool:
     """Remove everything `state` records; raise SandboxError listing leftovers.
 
     `children` are Popen objects of this process for the sandbox's processes,
-    polled so that they are reaped rather than left as zombies.
+    polled so that they are reaped rather than left as zombies. Returns False
+    if the sandbox was already gone.
     """
+    require_root()
+    children = list(children)
+    # One teardown at a time machine-wide: two processes removing the same
+    # sandbox (say `down` and another run's `cleanup_stale`) would trip over
+    # each other's half-deleted links. Teardowns are short, builds do not
+    # hold this lock, so serialising costs little.
+    with global_lock():
+        try:
+            recorded = SandboxState.load(state.name)
+        except SandboxError:
+            recorded = state  # unreadable on disk: trust what the caller holds
+        if recorded is None or recorded.tag != state.tag:
+            # Already removed; the name may even belong to a newer sandbox,
+            # whose namespaces (same names) must not be touched.
+            for child in children:
+                child.poll()
+            return False
+        # The file is the shared truth: an interrupted earlier teardown may
+        # have done part of the work (e.g. released the route).
+        _teardown_recorded(recorded, children)
+        return True
+
+
+def _teardown_recorded(state: SandboxState, children: list[subprocess.Popen[bytes]]) -> None:
     ip = Ip(find_ip())
     problems: list[str] = []
 
@@ -111,11 +137,11 @@ def teardown(state: SandboxState, *, children: Iterable[subprocess.Popen[bytes]]
     # Deleting one end of a veth deletes the other; do it explicitly anyway,
     # so nothing depends on namespace teardown being immediate.
     for pod in state.pods:
-        step(f"link {pod.veth}", lambda pod=pod: ip.delete_link(state.node_netns, pod.veth))
+        step(f"link {pod.veth}", functools.partial(ip.delete_link, state.node_netns, pod.veth))
     step(f"link {state.dns_veth}", lambda: ip.delete_link(state.node_netns, state.dns_veth))
     step(f"bridge {state.bridge}", lambda: ip.delete_link(state.node_netns, state.bridge))
     for name in reversed(state.netns):
-        step(f"namespace {name}", lambda name=name: ip.delete_netns(name))
+        step(f"namespace {name}", functools.partial(ip.delete_netns, name))
 
     if state.route_installed:
         step(f"route unreachable {state.cidr}", lambda: _release_route(ip, state))
@@ -151,10 +177,7 @@ def _release_route(ip: Ip, state: SandboxState) -> None:
 def down(name: str) -> bool:
     """Tear down the sandbox called `name`; False if there is no such sandbox."""
     state = SandboxState.load(name)
-    if state is None:
-        return False
-    teardown(state)
-    return True
+    return state is not None and teardown(state)
 
 
 def cleanup_stale() -> list[str]:
@@ -163,9 +186,16 @@ def cleanup_stale() -> list[str]:
     A sandbox from `Sandbox.up` whose build completed is never stale; it stays
     until `down`. Returns descriptions of what was removed.
     """
-    # Resources are listed before states: every resource's state is written
-    # before the resource is created, so one seen now is either referenced by
-    # a state read afterwards or a true orphan.
+    require_root()
+    with global_lock():
+        return _cleanup_stale_locked()
+
+
+def _cleanup_stale_locked() -> list[str]:
+    # Resources are listed before states: builds do not hold the lock, but
+    # every resource's state is written before the resource is created, so
+    # one seen now is either referenced by a state read afterwards or a true
+    # orphan.
     namespaces = [n for n in list_netns() if n.startswith(NETNS_PREFIX)]
     tmp = Path(tempfile.gettempdir())
     workdirs = sorted(str(p) for p in tmp.glob(WORKDIR_PREFIX + "*") if p.is_dir())
@@ -175,8 +205,8 @@ def cleanup_stale() -> list[str]:
     for state in states:
         if state.is_stale():
             try:
-                teardown(state)
-                removed.append(f"sandbox {state.name}")
+                if teardown(state):
+                    removed.append(f"sandbox {state.name}")
             except SandboxError as exc:
                 errors.append(str(exc))
     known_netns = {n for s in states for n in s.netns}
