@@ -13,6 +13,7 @@ from mirrord_core.cli.commands import (
     add_schema_command,
     add_verify_config_command,
 )
+from mirrord_core.cli.sandbox_command import SandboxCommandError, add_sandbox_command
 from mirrord_core.config import ConfigError
 from mirrord_core.plugin_manager import PluginError
 from mirrord_core.run_pipeline import RunError
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_config_command(commands)
     add_schema_command(commands)
     add_plugins_command(commands)
+    add_sandbox_command(commands)
     return parser
 
 
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         output.error(err.render())
         return EXIT_USER_ERROR
-    except (PluginError, RunError) as err:
+    except (PluginError, RunError, SandboxCommandError) as err:
         output.error(str(err))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
