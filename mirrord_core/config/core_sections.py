@@ -45,7 +45,8 @@ class AgentConfig:
     image_pull_policy: ImagePullPolicy = setting(
         default=ImagePullPolicy("IfNotPresent"),
         env="MIRRORD_AGENT_IMAGE_PULL_POLICY",
-        doc="Kubernetes image pull policy of the agent: Always, IfNotPresent or Never.",
+        doc="Kubernetes image pull policy of the agent: Always, IfNotPresent or Never "
+        '("" leaves it to the cluster).',
     )
     ttl: UInt16 = setting(
         default=UInt16(1),

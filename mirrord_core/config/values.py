@@ -144,7 +144,14 @@ class StringList(ConfigValue, tuple):
                 items.append(item)
         else:
             raise ConfigValueError(f"expected a string or a list of strings, got {describe(value)}")
-        return cls(cls.check_item(item) for item in items)
+        checked = []
+        for index, item in enumerate(items):
+            try:
+                checked.append(cls.check_item(item))
+            except ConfigValueError as err:
+                prefix = f"item {index}: " if len(items) > 1 else ""
+                raise ConfigValueError(f"{prefix}{err}") from None
+        return cls(checked)
 
     @classmethod
     def from_string(cls, text: str) -> StringList:

@@ -19,6 +19,13 @@ class FsMode(enum.Enum):
     READ = "read"
     WRITE = "write"
 
+    @classmethod
+    def _missing_(cls, value: object) -> FsMode | None:
+        # mirrord's own CLI spells the mode "local-with-overrides" (clap's value names).
+        if value == "local-with-overrides":
+            return cls.LOCAL_WITH_OVERRIDES
+        return None
+
 
 MODE_NAMES = tuple(mode.value for mode in FsMode)
 
