@@ -68,6 +68,18 @@ def _is_enum(type_: Any) -> bool:
     return isinstance(type_, type) and issubclass(type_, enum.Enum)
 
 
+_shared: cattrs.Converter | None = None
+
+
+def shared_converter() -> cattrs.Converter:
+    """One converter for the process: cattrs compiles a structuring function per class on
+    first use, so reusing the converter makes every later resolve cheap."""
+    global _shared
+    if _shared is None:
+        _shared = make_converter()
+    return _shared
+
+
 def make_converter() -> cattrs.Converter:
     """Build the converter used for structuring and unstructuring every config class."""
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)

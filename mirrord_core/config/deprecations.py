@@ -66,8 +66,8 @@ class Deprecation:
         """Translate an old value given through the environment or a flag."""
         return override
 
-    def check_set(self, set_paths: set[str], report: Report) -> None:
-        """React to keys given explicitly (from any source)."""
+    def check_set(self, set_paths: Mapping[str, str], report: Report) -> None:
+        """React to keys given explicitly: ``set_paths`` maps each to where it was given."""
 
 
 @attrs.frozen
@@ -134,7 +134,10 @@ class LegacyValue(Deprecation):
             and override.text is not None
             and self.matches(override.text)
         ):
-            report.warn_source(override.source, f"{override.text!r} is deprecated, {self.explain}")
+            report.warn_source(
+                override.source,
+                f"{override.path}: {override.text!r} is deprecated, {self.explain}",
+            )
             return override.with_text(self.replace(override.text))
         return override
 
@@ -259,9 +262,9 @@ class UnstableKey(Deprecation):
     path: str
     explain: str
 
-    def check_set(self, set_paths: set[str], report: Report) -> None:
+    def check_set(self, set_paths: Mapping[str, str], report: Report) -> None:
         if self.path in set_paths:
-            report.warnings.append(f"{self.path}: {self.explain}")
+            report.warn_source(set_paths[self.path], f"{self.path}: {self.explain}")
 
 
 def _fs_mode_from_ops(environ: Mapping[str, str]) -> str | None:

@@ -22,8 +22,14 @@ def _parse_toml(text: str, path: Path) -> Any:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        # tomllib already says "(at line L, column C)".
-        raise _fail(path, f"TOML syntax error: {err}") from None
+        # tomllib says "(at line L, column C)", except at the very end of the text.
+        message = str(err)
+        if message.endswith("(at end of document)"):
+            line = text.count("\n") + 1
+            column = len(text) - text.rfind("\n")
+            message = message.removesuffix("(at end of document)")
+            message += f"(at line {line}, column {column}, the end of the document)"
+        raise _fail(path, f"TOML syntax error: {message}") from None
 
 
 def _parse_yaml(text: str, path: Path) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from mirrord_core.config import deprecations
-from mirrord_core.config.converter import make_converter
+from mirrord_core.config.converter import shared_converter
 from mirrord_core.config.fields import field_meta
 from mirrord_core.config.layout import ConfigLayout
 from mirrord_core.config.values import ConfigValue
@@ -45,7 +45,7 @@ def _type_schema(type_: Any) -> dict[str, Any]:
 
 
 def _object_schema(cls: type) -> dict[str, Any]:
-    converter = make_converter()
+    converter = shared_converter()
     properties: dict[str, Any] = {}
     for attribute in attrs.fields(cls):
         meta = field_meta(attribute)

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from mirrord_core.config import deprecations
-from mirrord_core.config.converter import make_converter
+from mirrord_core.config.converter import shared_converter
 from mirrord_core.config.errors import ConfigError, ConfigValueError
 from mirrord_core.config.file_formats import load_config_file
 from mirrord_core.config.layout import ConfigLayout
@@ -42,7 +42,7 @@ class ResolvedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config with mirrord's key names and every default filled in."""
-        return make_converter().unstructure(self.config)
+        return shared_converter().unstructure(self.config)
 
 
 def _drop_nulls(value: Any) -> Any:
@@ -84,9 +84,10 @@ def resolve(
 
     report = deprecations.Report(file=file_label)
     deprecations.apply_file(raw, report, table)
-    set_paths = set(_key_paths(raw))
+    # Every key given explicitly, with where its effective value came from.
+    set_paths = dict.fromkeys(_key_paths(raw), file_label or "the config file")
 
-    config, problems = structure(make_converter(), layout, raw)
+    config, problems = structure(shared_converter(), layout, raw)
     problems = [*report.problems, *problems]
     report.problems.clear()
 
@@ -106,7 +107,7 @@ def resolve(
         except ConfigValueError as err:
             report.problem(override.path, str(err), override.source)
             continue
-        set_paths.add(override.path)
+        set_paths[override.path] = override.source
         if config is not None:
             config = set_path(config, override.path, value)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -32,6 +33,11 @@ def _note_step(exc: BaseException) -> str | int | None:
     return None
 
 
+def _key_text(key: object) -> str:
+    """A key as the config author wrote it (YAML allows keys like ``1``, ``null``, ``true``)."""
+    return key if isinstance(key, str) else json.dumps(key, default=str)
+
+
 def _suggest(unknown: str, known: Iterable[str]) -> str:
     matches = difflib.get_close_matches(unknown, list(known), n=1, cutoff=0.6)
     if not matches:
@@ -46,7 +52,7 @@ def _extra_key_problems(
 ) -> Iterator[ConfigProblem]:
     cls = layout.class_at(prefix)
     known = {a.name for a in attrs.fields(cls)} if cls is not None else set()
-    for key in sorted(extra):
+    for key in sorted(map(_key_text, extra)):
         path = _join(prefix, key)
         distribution = distribution_for_section(path)
         if distribution is not None:

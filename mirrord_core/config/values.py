@@ -79,12 +79,9 @@ class UInt(ConfigValue, int):
     @classmethod
     def structure(cls, value: Any) -> UInt:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise ConfigValueError(
-                    f"expected an integer from 0 to {cls.maximum}, got {describe(value)}"
-                )
+            raise ConfigValueError(
+                f"expected an integer from 0 to {cls.maximum}, got {describe(value)}"
+            )
         if not 0 <= value <= cls.maximum:
             raise ConfigValueError(
                 f"{value} is out of range: expected an integer from 0 to {cls.maximum}"
