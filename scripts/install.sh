@@ -31,8 +31,4 @@ extras=""
 ((with_tests)) && extras="[test]"
 .venv/bin/python -m pip install -q -e ".${extras}" -e plugins/fs -e plugins/env \
     -e plugins/network -e plugins/target
-if ((with_tests)); then
-    # The third-party plugin the tests install as a user would (a separate distribution).
-    .venv/bin/python -m pip install -q --no-build-isolation -e tests/plugins/mirrord-hello
-fi
 echo "mirrord installed in $(pwd)/.venv (run: .venv/bin/mirrord --help)"

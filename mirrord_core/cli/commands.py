@@ -108,7 +108,11 @@ def add_schema_command(commands: _Subparsers) -> None:
 def _schema(args: argparse.Namespace) -> int:
     schema = config_schema(get_plugins().layout)
     if args.output:
-        Path(args.output).write_text(json.dumps(schema, indent=2) + "\n")
+        try:
+            Path(args.output).write_text(json.dumps(schema, indent=2) + "\n")
+        except OSError as err:
+            output.error(f"cannot write the schema to {args.output}: {err.strerror or err}")
+            return 1
     else:
         output.print_json(schema)
     return 0
