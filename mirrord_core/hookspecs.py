@@ -14,6 +14,7 @@ from typing import Any
 
 import pluggy
 
+from mirrord_core.agent.handlers import AgentHandlers
 from mirrord_core.handler_protocols import SyscallHandler
 from mirrord_core.target_model import AgentEndpoint, ResolvedTarget
 
@@ -37,12 +38,15 @@ def register_config_sections() -> Mapping[str, type]:
 
 
 @hookspec
-def register_agent_handlers() -> Mapping[str, Any]:
-    """Declare the agent-side request handlers this plugin serves.
+def register_agent_handlers() -> AgentHandlers:
+    """Declare what the agent serves for this plugin.
 
-    Receives nothing. Returns ``{message_type_tag: handler}`` for the message types the
-    agent dispatches to this plugin. Collected from every plugin; the agent builds its
-    dispatch table once at start-up.
+    Receives nothing. Returns an :class:`~mirrord_core.agent.handlers.AgentHandlers`:
+    request handlers by message class (``async def h(connection, payload)``) and stream
+    handlers by stream kind (``async def h(stream, open_payload)``). Collected from every
+    plugin; the agent merges them once at start-up and a message or stream kind claimed
+    by two plugins is an error. Handlers find the target through
+    ``AgentContext.of(connection)``.
     """
 
 

@@ -32,5 +32,5 @@ class AgentEndpoint:
 
     host: str
     port: int
-    token: str
+    token: str = attrs.field(repr=False)
     release: Callable[[], None] = attrs.field(default=lambda: None, repr=False)

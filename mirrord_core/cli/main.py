@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from mirrord_core.cli import output
+from mirrord_core.cli.agent_command import AgentCommandError, add_agent_command
 from mirrord_core.cli.commands import (
     add_plugins_command,
     add_run_command,
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_schema_command(commands)
     add_plugins_command(commands)
     add_sandbox_command(commands)
+    add_agent_command(commands)
     return parser
 
 
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         output.error(err.render())
         return EXIT_USER_ERROR
-    except (PluginError, RunError, SandboxCommandError) as err:
+    except (PluginError, RunError, SandboxCommandError, AgentCommandError) as err:
         output.error(str(err))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -23,6 +23,8 @@ import pluggy
 import pytest
 
 from mirrord_core import hookspecs
+from mirrord_core.agent.handlers import AgentHandlers, merge_handlers
+from mirrord_core.protocol import Message
 from mirrord_core.config import ConfigLayout, SectionSpec, resolve, setting
 from mirrord_core.config.plugin_catalogue import FIRST_PARTY_SECTIONS
 from mirrord_core.handler_protocols import SyscallHandler
@@ -315,23 +317,28 @@ def test_hook_register_config_sections_from_entry_points(plugin_modules: Path) -
 
 
 def test_hook_register_agent_handlers() -> None:
-    """Collected: the agent gets every plugin's message-type → handler mapping."""
+    """Collected: the agent merges every plugin's request and stream handler tables."""
 
-    def open_file(request: Any) -> Any:
+    @attrs.frozen(kw_only=True)
+    class OpenFile(Message):
+        TAG = "test.hookspec.open"
+        path: str
+
+    async def open_file(connection: Any, request: Any) -> Any:
         return ("open", request)
 
-    def connect(request: Any) -> Any:
-        return ("connect", request)
+    async def connect(stream: Any, payload: Any) -> None:
+        return None
 
     class FilePlugin:
         @hookimpl
-        def register_agent_handlers(self) -> Mapping[str, Any]:
-            return {"fs.open": open_file}
+        def register_agent_handlers(self) -> AgentHandlers:
+            return AgentHandlers(requests={OpenFile: open_file})
 
     class NetPlugin:
         @hookimpl
-        def register_agent_handlers(self) -> Mapping[str, Any]:
-            return {"net.connect": connect}
+        def register_agent_handlers(self) -> AgentHandlers:
+            return AgentHandlers(streams={"test.connect": connect})
 
     class LocalOnlyPlugin:
         @hookimpl
@@ -344,14 +351,16 @@ def test_hook_register_agent_handlers() -> None:
     manager.register(NetPlugin(), name="net")
     results = manager.hook.register_agent_handlers()
     assert len(results) == 2
-    table = {tag: handler for result in results for tag, handler in result.items()}
-    assert table == {"fs.open": open_file, "net.connect": connect}
-    assert table["fs.open"]("/etc/hosts") == ("open", "/etc/hosts")
+    merged = merge_handlers([("files", results[1]), ("net", results[0])])
+    assert merged.requests == {OpenFile: open_file}
+    assert merged.streams == {"test.connect": connect}
     assert not manager.hook.register_agent_handlers.spec.opts.get("firstresult")
+    with pytest.raises(ValueError, match="'files' and 'again' both handle test.hookspec.open"):
+        merge_handlers([("files", results[1]), ("again", results[1])])
 
-    # The installed plugins answer with mappings too (or not at all).
+    # The installed plugins answer with AgentHandlers too (or not at all).
     installed = load_plugins(environ={}).manager.hook.register_agent_handlers()
-    assert all(isinstance(result, Mapping) for result in installed)
+    assert all(isinstance(result, AgentHandlers) for result in installed)
 
 
 # -- resolve_target ------------------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mirrord_core.agent.handlers import AgentHandlers
 from mirrord_core.hookspecs import hookimpl
+from mirrord_env.agent.handlers import AGENT_HANDLERS
 from mirrord_env.config import EnvConfig
 from mirrord_env.local.env_filter import EnvFilter
 
@@ -18,3 +20,8 @@ def register_config_sections() -> Mapping[str, type]:
 @hookimpl
 def filter_env(config: Any, remote_env: Mapping[str, str]) -> Mapping[str, str]:
     return EnvFilter.from_config(config.feature.env).apply(remote_env)
+
+
+@hookimpl
+def register_agent_handlers() -> AgentHandlers:
+    return AGENT_HANDLERS

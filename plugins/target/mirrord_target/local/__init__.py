@@ -1,0 +1,1 @@
+"""What the target plugin does inside ``mirrord run``."""
