@@ -28,6 +28,14 @@ class SessionError(Exception):
     """The session with the agent cannot be used; the message says why."""
 
 
+class RemoteRequestError(SessionError):
+    """The agent answered a request with a failure that is not an OS error (``code``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Session:
     """One authenticated connection to an agent."""
 
@@ -68,7 +76,7 @@ class Session:
         except RequestFailed as err:
             if err.errno is not None:
                 raise err.to_os_error() from None
-            raise SessionError(f"the agent could not serve {payload.TAG}: {err}") from None
+            raise RemoteRequestError(err.code, err.message) from None
         except ConnectionLost as err:
             raise SessionError(f"lost the agent: {err}") from None
 

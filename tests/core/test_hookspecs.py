@@ -24,12 +24,12 @@ import pytest
 
 from mirrord_core import hookspecs
 from mirrord_core.agent.handlers import AgentHandlers, merge_handlers
-from mirrord_core.protocol import Message
 from mirrord_core.config import ConfigLayout, SectionSpec, resolve, setting
 from mirrord_core.config.plugin_catalogue import FIRST_PARTY_SECTIONS
 from mirrord_core.handler_protocols import SyscallHandler
 from mirrord_core.hookspecs import hookimpl
 from mirrord_core.plugin_manager import PluginError, apply_env_filters, load_plugins
+from mirrord_core.protocol import Message
 from mirrord_core.target_model import AgentEndpoint, ResolvedTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -355,7 +355,7 @@ def test_hook_register_agent_handlers() -> None:
     assert merged.requests == {OpenFile: open_file}
     assert merged.streams == {"test.connect": connect}
     assert not manager.hook.register_agent_handlers.spec.opts.get("firstresult")
-    with pytest.raises(ValueError, match="'files' and 'again' both handle test.hookspec.open"):
+    with pytest.raises(ValueError, match=r"'files' and 'again' both handle test\.hookspec\.open"):
         merge_handlers([("files", results[1]), ("again", results[1])])
 
     # The installed plugins answer with AgentHandlers too (or not at all).

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mirrord_core.agent.handlers import AgentHandlers
 from mirrord_core.hookspecs import hookimpl
+from mirrord_fs.agent.handlers import AGENT_HANDLERS
 from mirrord_fs.config import FsConfig
 
 
 @hookimpl
 def register_config_sections() -> Mapping[str, type]:
     return {"feature.fs": FsConfig}
+
+
+@hookimpl
+def register_agent_handlers() -> AgentHandlers:
+    return AGENT_HANDLERS

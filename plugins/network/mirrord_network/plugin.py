@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mirrord_core.agent.handlers import AgentHandlers
 from mirrord_core.hookspecs import hookimpl
+from mirrord_network.agent.handlers import AGENT_HANDLERS
 from mirrord_network.config import NetworkConfig
 
 
 @hookimpl
 def register_config_sections() -> Mapping[str, type]:
     return {"feature.network": NetworkConfig}
+
+
+@hookimpl
+def register_agent_handlers() -> AgentHandlers:
+    return AGENT_HANDLERS

@@ -1,0 +1,32 @@
+"""The network plugin's agent handlers: name resolution and outgoing traffic."""
+
+from __future__ import annotations
+
+from mirrord_core.agent.handlers import AgentContext, AgentHandlers
+from mirrord_core.protocol import Connection, RequestFailed
+from mirrord_network.agent.outgoing import tcp_connect, udp_connect
+from mirrord_network.agent.target_resolver import NameNotFound, ResolutionFailed, TargetResolver
+from mirrord_network.messages import (
+    NAME_NOT_FOUND,
+    NAME_UNAVAILABLE,
+    TCP_CONNECT_STREAM,
+    UDP_STREAM,
+    Addresses,
+    Resolve,
+)
+
+
+async def resolve(connection: Connection, request: Resolve) -> Addresses:
+    resolver = TargetResolver(AgentContext.of(connection).root_fd)
+    try:
+        return Addresses(addresses=await resolver.resolve(request.name, request.family))
+    except NameNotFound:
+        raise RequestFailed(NAME_NOT_FOUND, f"{request.name[:255]}: name not found") from None
+    except ResolutionFailed as err:
+        raise RequestFailed(NAME_UNAVAILABLE, str(err)) from None
+
+
+AGENT_HANDLERS = AgentHandlers(
+    requests={Resolve: resolve},
+    streams={TCP_CONNECT_STREAM: tcp_connect, UDP_STREAM: udp_connect},
+)

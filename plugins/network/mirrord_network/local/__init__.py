@@ -1,0 +1,1 @@
+"""What the network plugin does inside ``mirrord run``."""

@@ -1,0 +1,70 @@
+"""The target's network through a session: resolving names and connecting out."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+
+from mirrord_core.protocol import Stream
+from mirrord_core.session import RemoteRequestError, Session
+from mirrord_network.messages import (
+    NAME_NOT_FOUND,
+    TCP_CONNECT_STREAM,
+    UDP_STREAM,
+    Addresses,
+    Resolve,
+    TcpConnect,
+    UdpConnect,
+)
+
+_LENGTH = struct.Struct(">H")
+
+
+async def resolve(session: Session, name: str, family: int = socket.AF_UNSPEC) -> list[str]:
+    """Addresses of ``name`` as the target resolves it; raises :class:`socket.gaierror`."""
+    try:
+        answer: Addresses = await session.request(Resolve(name=name, family=family))
+    except RemoteRequestError as err:
+        code = socket.EAI_NONAME if err.code == NAME_NOT_FOUND else socket.EAI_AGAIN
+        raise socket.gaierror(code, str(err)) from None
+    return list(answer.addresses)
+
+
+async def connect_tcp(session: Session, host: str, port: int) -> Stream:
+    """A byte stream to ``host:port`` connected from the target (``OSError`` as connect's)."""
+    return await session.open_stream(TCP_CONNECT_STREAM, TcpConnect(host=host, port=port))
+
+
+class RemoteDatagrams:
+    """A connected UDP socket in the target."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self._buffer = b""
+
+    @classmethod
+    async def connect(cls, session: Session, host: str, port: int) -> RemoteDatagrams:
+        return cls(await session.open_stream(UDP_STREAM, UdpConnect(host=host, port=port)))
+
+    async def send(self, datagram: bytes) -> None:
+        if len(datagram) > 0xFFFF:
+            raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+        await self.stream.write(_LENGTH.pack(len(datagram)) + datagram)
+
+    async def receive(self) -> bytes:
+        while True:
+            if len(self._buffer) >= 2:
+                (size,) = _LENGTH.unpack_from(self._buffer)
+                if len(self._buffer) >= 2 + size:
+                    datagram = self._buffer[2 : 2 + size]
+                    self._buffer = self._buffer[2 + size :]
+                    return datagram
+            chunk = await self.stream.read()
+            if not chunk:
+                raise EOFError("the remote UDP socket closed")
+            self._buffer += chunk
+
+    async def close(self) -> None:
+        await self.stream.close()
