@@ -50,6 +50,19 @@ def register_agent_handlers() -> AgentHandlers:
     """
 
 
+@hookspec
+def register_cli_commands(commands: Any) -> None:
+    """Add this plugin's sub-commands to the ``mirrord`` command line.
+
+    Receives the argparse sub-parsers object of ``mirrord``. Returns nothing: the plugin
+    calls ``commands.add_parser(...)`` (or :func:`mirrord_core.cli.target_options.
+    command_parser`, which adds ``-f`` and the run flags) and sets a ``handler`` default
+    taking the parsed arguments and returning the exit status. Collected: called for every
+    plugin while the CLI is built. Handlers raise :class:`~mirrord_core.user_errors.
+    UserError` subclasses for failures the user can act on.
+    """
+
+
 # -- session setup (mirrord run) ----------------------------------------------------------
 
 

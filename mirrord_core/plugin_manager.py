@@ -24,13 +24,14 @@ from mirrord_core import hookspecs
 from mirrord_core.config import ConfigLayout, LayoutError, SectionSpec, field_meta
 from mirrord_core.config.json_schema import class_schema
 from mirrord_core.config.layout import resolve_types_deep
+from mirrord_core.user_errors import UserError
 
 ENTRY_POINT_GROUP = "mirrord"
 STRICT_ENV = "MIRRORD_STRICT_PLUGINS"
 DISABLE_ENV = "MIRRORD_DISABLE_PLUGINS"
 
 
-class PluginError(Exception):
+class PluginError(UserError):
     """Plugins cannot be loaded as installed (a conflict, a bad hook, a strict failure)."""
 
 

@@ -8,6 +8,7 @@ user can act on â€” the agent is unreachable, refused the token, or went away â€
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mirrord_core.protocol import (
@@ -22,9 +23,10 @@ from mirrord_core.protocol import (
 )
 from mirrord_core.protocol.errors import StreamRefused
 from mirrord_core.target_model import AgentEndpoint
+from mirrord_core.user_errors import UserError
 
 
-class SessionError(Exception):
+class SessionError(UserError):
     """The session with the agent cannot be used; the message says why."""
 
 
@@ -88,7 +90,7 @@ class Session:
             return await self.connection.open_stream(kind, payload, timeout=timeout)
         except StreamRefused as err:
             if err.errno is not None:
-                raise OSError(err.errno, str(err)) from None
+                raise OSError(err.errno, os.strerror(err.errno)) from None
             raise SessionError(f"the agent refused the {kind} stream: {err}") from None
         except ConnectionLost as err:
             raise SessionError(f"lost the agent: {err}") from None

@@ -18,11 +18,12 @@ from mirrord_core.agent.log_level import python_level
 from mirrord_core.agent.runtime import AgentOptions, AgentRuntime
 from mirrord_core.agent.target_process import TargetNotFound, pid_of_container
 from mirrord_core.plugin_manager import get_plugins
+from mirrord_core.user_errors import UserError
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
 
 
-class AgentCommandError(Exception):
+class AgentCommandError(UserError):
     """The agent cannot start; the message says why."""
 
 

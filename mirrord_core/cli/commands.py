@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mirrord_core.cli import output
+from mirrord_core.cli.target_options import add_target_arguments, resolve_from_args
 from mirrord_core.config import ConfigError, resolve
 from mirrord_core.config.json_schema import config_schema
-from mirrord_core.config.overrides import flag_table
 from mirrord_core.plugin_manager import get_plugins
 from mirrord_core.run_pipeline import run_session
 
@@ -22,24 +22,18 @@ _Subparsers = Any  # argparse's _SubParsersAction is private
 
 def add_run_command(commands: _Subparsers) -> None:
     """``mirrord run`` (alias ``exec``): the flags of mirrord's exec, from installed plugins."""
-    layout = get_plugins().layout
     parser = commands.add_parser(
         "run",
         aliases=["exec"],
         help="run a command in the context of the target (alias: exec)",
         description="Run COMMAND locally in the context of the target.",
     )
+    add_target_arguments(parser)
     parser.add_argument(
-        "-f",
-        "--config-file",
-        metavar="FILE",
-        help="config file (.toml, .yaml, .yml, .json); default: $MIRRORD_CONFIG_FILE",
+        "--no-telemetry",
+        action="store_true",
+        help="accepted for compatibility with mirrord; mirrord for Python sends no telemetry",
     )
-    for dest, (flag, _paths) in sorted(flag_table(layout).items()):
-        if flag.takes_argument:
-            parser.add_argument(*flag.names, dest=dest, help=flag.help, metavar=flag.metavar)
-        else:
-            parser.add_argument(*flag.names, dest=dest, action="store_true", help=flag.help)
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -51,11 +45,7 @@ def add_run_command(commands: _Subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    loaded = get_plugins()
-    flags = {dest: getattr(args, dest, None) for dest in flag_table(loaded.layout)}
-    resolved = resolve(loaded.layout, file=args.config_file, flags=flags)
-    for warning in resolved.warnings:
-        output.warn(warning)
+    loaded, resolved = resolve_from_args(args)
     if args.dry_run:
         output.print_json(resolved.to_dict())
         return 0

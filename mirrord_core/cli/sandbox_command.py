@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mirrord_core.sandbox import Sandbox, SandboxError, list_sandboxes
 from mirrord_core.sandbox.demo import DEMO_NAME, demo_pods
+from mirrord_core.user_errors import UserError
 
 
 def add_sandbox_command(commands: Any) -> None:
@@ -78,5 +79,5 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-class SandboxCommandError(Exception):
+class SandboxCommandError(UserError):
     """A sandbox could not be built or removed; the message says why."""

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from mirrord_core.user_errors import UserError
+
 
 @attrs.frozen
 class ConfigProblem:
@@ -26,7 +28,7 @@ class ConfigProblem:
         return f"{self.path}: {self.message}{suffix}"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """The configuration is invalid; carries every problem found, not just the first."""
 
     def __init__(self, problems: Iterable[ConfigProblem], file: str | None = None) -> None:

@@ -710,3 +710,41 @@ def test_implementation_with_an_unknown_argument_is_rejected() -> None:
 
     with pytest.raises(pluggy.PluginValidationError):
         _manager().register(Wrong(), name="wrong")
+
+
+# -- register_cli_commands -------------------------------------------------------------------
+
+
+def test_hook_register_cli_commands() -> None:
+    """Collected: every plugin adds its sub-commands to the one command line."""
+    import argparse
+
+    class GreetPlugin:
+        @hookimpl
+        def register_cli_commands(self, commands: Any) -> None:
+            parser = commands.add_parser("greet")
+            parser.add_argument("name")
+            parser.set_defaults(handler=lambda args: f"hello {args.name}")
+
+    class CountPlugin:
+        @hookimpl
+        def register_cli_commands(self, commands: Any) -> None:
+            commands.add_parser("count").set_defaults(handler=lambda args: 3)
+
+    manager = _manager()
+    manager.register(GreetPlugin(), name="greet")
+    manager.register(CountPlugin(), name="count")
+    parser = argparse.ArgumentParser(prog="mirrord")
+    commands = parser.add_subparsers(dest="command")
+    assert manager.hook.register_cli_commands(commands=commands) == []
+    greet = parser.parse_args(["greet", "ada"])
+    assert greet.handler(greet) == "hello ada"
+    count = parser.parse_args(["count"])
+    assert count.handler(count) == 3
+
+    # The first-party plugins contribute env, fs and net.
+    installed = load_plugins(environ={}).manager
+    parser = argparse.ArgumentParser(prog="mirrord")
+    commands = parser.add_subparsers(dest="command")
+    installed.hook.register_cli_commands(commands=commands)
+    assert {"env", "fs", "net"} <= set(commands.choices)

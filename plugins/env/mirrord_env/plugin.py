@@ -9,6 +9,7 @@ from mirrord_core.agent.handlers import AgentHandlers
 from mirrord_core.hookspecs import hookimpl
 from mirrord_env.agent.handlers import AGENT_HANDLERS
 from mirrord_env.config import EnvConfig
+from mirrord_env.local.env_command import add_env_command
 from mirrord_env.local.env_filter import EnvFilter
 
 
@@ -25,3 +26,8 @@ def filter_env(config: Any, remote_env: Mapping[str, str]) -> Mapping[str, str]:
 @hookimpl
 def register_agent_handlers() -> AgentHandlers:
     return AGENT_HANDLERS
+
+
+@hookimpl
+def register_cli_commands(commands: Any) -> None:
+    add_env_command(commands)

@@ -18,11 +18,12 @@ import tempfile
 import time
 
 from mirrord_core.target_model import AgentEndpoint, ResolvedTarget
+from mirrord_core.user_errors import UserError
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
 
 
-class AgentStartError(Exception):
+class AgentStartError(UserError):
     """The local agent did not start; the message includes what it printed."""
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mirrord_core.target_model import ResolvedTarget
+from mirrord_core.user_errors import UserError
 
 
-class TargetError(Exception):
+class TargetError(UserError):
     """The target cannot be used; the message says why and what to do."""
 
 
