@@ -26,9 +26,17 @@ python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip setuptools >/dev/null
+# pip's and setuptools' chatter goes to a log, shown only when something fails.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+pip_install() {
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        exit 1
+    fi
+}
+pip_install --upgrade pip setuptools
 extras=""
 ((with_tests)) && extras="[test]"
-.venv/bin/python -m pip install -q -e ".${extras}" -e plugins/fs -e plugins/env \
-    -e plugins/network -e plugins/target
+pip_install -e ".${extras}" -e plugins/fs -e plugins/env -e plugins/network -e plugins/target
 echo "mirrord installed in $(pwd)/.venv (run: .venv/bin/mirrord --help)"
