@@ -6,6 +6,8 @@ failed with in the target.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 from mirrord_core.protocol import Message, register_message
@@ -181,6 +183,52 @@ class FsTruncate(Message):
     TAG = "fs.truncate"
     path: str
     length: int
+
+
+@register_message
+@attrs.frozen(kw_only=True)
+class FsFtruncate(Message):
+    """Truncate an open file (``ftruncate``): works after the file was renamed or unlinked."""
+
+    TAG = "fs.ftruncate"
+    handle: int
+    length: int
+
+
+@register_message
+@attrs.frozen(kw_only=True)
+class FsFsync(Message):
+    """``fsync`` (or ``fdatasync`` with ``datasync``) of an open file."""
+
+    TAG = "fs.fsync"
+    handle: int
+    datasync: bool = False
+
+
+@register_message
+@attrs.frozen(kw_only=True)
+class FsChmod(Message):
+    """``chmod`` of exactly ``path``: a symlink is not followed (and answers EOPNOTSUPP)."""
+
+    TAG = "fs.chmod"
+    path: str
+    mode: int
+
+
+#: A time of :class:`FsUtimens`: nanoseconds since the epoch, ``"now"`` (the target's
+#: clock) or ``"omit"`` (leave it unchanged), like ``utimensat``'s UTIME_NOW/UTIME_OMIT.
+TimeSpec = int | Literal["now", "omit"]
+
+
+@register_message
+@attrs.frozen(kw_only=True)
+class FsUtimens(Message):
+    """``utimensat`` of exactly ``path`` (a symlink's own times, not its target's)."""
+
+    TAG = "fs.utimens"
+    path: str
+    atime: TimeSpec = "now"
+    mtime: TimeSpec = "now"
 
 
 @register_message

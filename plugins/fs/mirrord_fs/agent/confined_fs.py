@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as stat_module
+import time
 from collections.abc import Iterator
 
 import attrs
@@ -84,6 +85,26 @@ class FsStats:
     namemax: int
 
 
+#: How often an open is retried when the kernel reports a ``..`` race (EAGAIN).
+OPEN_ATTEMPTS = 64
+
+
+def _open_confined(root_fd: int, path: str, flags: int, mode: int = 0o666) -> int:
+    """``open_in_root``, retried while it fails with EAGAIN.
+
+    With ``RESOLVE_IN_ROOT`` the kernel answers EAGAIN when a rename anywhere on the
+    system races the resolution of a ``..`` component (it cannot prove the ``..`` stayed
+    inside); the man page says to retry. A pod renaming files in a loop would otherwise
+    make opens of paths with ``..`` in them fail spuriously.
+    """
+    for _ in range(OPEN_ATTEMPTS - 1):
+        try:
+            return open_in_root(root_fd, path, flags, mode)
+        except BlockingIOError:
+            continue
+    return open_in_root(root_fd, path, flags, mode)
+
+
 def _split(path: str) -> tuple[str, str]:
     """The parent and last component of an absolute path inside the target."""
     if not path.startswith("/") or "\0" in path:
@@ -117,13 +138,32 @@ class ConfinedFileSystem:
     # -- descriptors --------------------------------------------------------------------
 
     def open(self, path: str, flags: int, mode: int = 0o666) -> int:
-        """Open ``path`` with open(2) ``flags``; returns the agent-side descriptor."""
+        """Open ``path`` with open(2) ``flags``; returns the agent-side descriptor.
+
+        The open itself never blocks: a FIFO (or a device) in the target would otherwise
+        hold the agent's only thread until some writer appears, stalling every client. So
+        the file is opened with ``O_NONBLOCK``, which is cleared again for regular files
+        and directories (where it means nothing) unless the caller asked for it; a FIFO
+        or device keeps it, so reading it answers ``EAGAIN`` instead of waiting.
+        """
         _split(path)
-        return open_in_root(self._root, path, flags & ~os.O_CLOEXEC, mode)
+        flags &= ~os.O_CLOEXEC
+        if flags & os.O_PATH:
+            return _open_confined(self._root, path, flags, mode)
+        fd = _open_confined(self._root, path, flags | os.O_NONBLOCK, mode)
+        if not flags & os.O_NONBLOCK:
+            try:
+                kind = stat_module.S_IFMT(os.fstat(fd).st_mode)
+                if kind in (stat_module.S_IFREG, stat_module.S_IFDIR):
+                    os.set_blocking(fd, True)
+            except OSError:
+                os.close(fd)
+                raise
+        return fd
 
     def _open_parent(self, path: str) -> tuple[int, str]:
         parent, name = _split(path)
-        return open_in_root(self._root, parent, os.O_PATH | os.O_DIRECTORY), name
+        return _open_confined(self._root, parent, os.O_PATH | os.O_DIRECTORY), name
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -145,6 +185,9 @@ class ConfinedFileSystem:
 
     def access(self, path: str, mode: int) -> None:
         """``access(2)``: raises ``EACCES``/``ENOENT`` … when ``mode`` is not allowed."""
+        if mode & ~(os.R_OK | os.W_OK | os.X_OK):
+            # access(2) itself says EINVAL; os.access would only answer False (EACCES).
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         fd = self.open(path, os.O_PATH)
         try:
             # The agent's own /proc/self/fd link to a descriptor it already holds: this
@@ -238,6 +281,37 @@ class ConfinedFileSystem:
         finally:
             os.close(fd)
 
+    def chmod(self, path: str, mode: int) -> None:
+        """``chmod`` of exactly ``path``; a symlink is not followed (EOPNOTSUPP, as lchmod)."""
+        fd = self.open(path, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            if stat_module.S_ISLNK(os.fstat(fd).st_mode):
+                raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+            # fchmod refuses O_PATH descriptors; the agent's own /proc/self/fd link to the
+            # inode it already holds follows nothing in the target.
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        finally:
+            os.close(fd)
+
+    def utimens(self, path: str, atime: int | str, mtime: int | str) -> None:
+        """Set the times of exactly ``path`` (a symlink's own); each time is nanoseconds,
+        ``"now"`` or ``"omit"``."""
+        if _split(path)[1] == "":
+            # The root has no parent to name it from; it is a directory, so following is fine.
+            fd = self.open("/", os.O_PATH)
+            try:
+                current = os.fstat(fd)
+                os.utime(f"/proc/self/fd/{fd}", ns=_times(current, atime, mtime))
+            finally:
+                os.close(fd)
+            return
+        parent, name = self._open_parent(path)
+        try:
+            current = os.stat(_checked_name(name), dir_fd=parent, follow_symlinks=False)
+            os.utime(name, ns=_times(current, atime, mtime), dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
+
     # -- whole files -------------------------------------------------------------------------
 
     def stream(self, path: str, chunk: int = STREAM_CHUNK) -> Iterator[bytes]:
@@ -250,6 +324,22 @@ class ConfinedFileSystem:
             os.close(fd)
 
 
+def _times(current: os.stat_result, atime: int | str, mtime: int | str) -> tuple[int, int]:
+    """``(atime_ns, mtime_ns)`` for ``os.utime``: "omit" keeps the current value, "now" is
+    the target's clock (os.utime cannot pass UTIME_NOW/UTIME_OMIT themselves)."""
+    now = time.time_ns()
+
+    def pick(value: int | str, existing: int) -> int:
+        if value == "now":
+            return now
+        if value == "omit":
+            return existing
+        assert isinstance(value, int)
+        return value
+
+    return pick(atime, current.st_atime_ns), pick(mtime, current.st_mtime_ns)
+
+
 def _entry_type(entry: os.DirEntry[str]) -> int:
     try:
         if entry.is_symlink():
@@ -258,6 +348,8 @@ def _entry_type(entry: os.DirEntry[str]) -> int:
             return stat_module.S_IFDIR
         if entry.is_file(follow_symlinks=False):
             return stat_module.S_IFREG
+        # FIFOs, sockets and devices: fstatat(dir fd, name, AT_SYMLINK_NOFOLLOW), which
+        # follows nothing.
+        return stat_module.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
     except OSError:
         return 0
-    return 0

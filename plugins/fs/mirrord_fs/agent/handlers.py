@@ -7,7 +7,11 @@ it disconnects, whatever it forgot to close.
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 
@@ -18,10 +22,13 @@ from mirrord_fs.messages import (
     MAX_READ,
     READ_FILE_STREAM,
     FsAccess,
+    FsChmod,
     FsClose,
     FsData,
     FsEntries,
     FsFstat,
+    FsFsync,
+    FsFtruncate,
     FsHandle,
     FsLinkTarget,
     FsMkdir,
@@ -38,6 +45,7 @@ from mirrord_fs.messages import (
     FsStatResult,
     FsTruncate,
     FsUnlink,
+    FsUtimens,
     FsWrite,
     FsWritten,
 )
@@ -83,6 +91,29 @@ def _files(connection: Connection) -> _ClientFiles:
     return files
 
 
+def _wire_text(name: str) -> str:
+    """A file name as wire text: bytes that are not UTF-8 (kept by ``os`` as surrogate
+    escapes, which msgpack cannot carry) become U+FFFD instead of failing the answer."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+_Handler = Callable[[Connection, Any], Awaitable[Any]]
+
+
+def _invalid_numbers_are_einval(handler: _Handler) -> _Handler:
+    """Numbers the system call cannot take (an offset beyond ``off_t``, a mode beyond
+    ``int``) fail with EINVAL, as the call itself would, not as an internal error."""
+
+    @functools.wraps(handler)
+    async def checked(connection: Connection, request: Any) -> Any:
+        try:
+            return await handler(connection, request)
+        except (OverflowError, ValueError) as err:
+            raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)}: {err}") from None
+
+    return checked
+
+
 def _stat_message(result: object) -> FsStatResult:
     return FsStatResult(**attrs.asdict(result))  # type: ignore[arg-type]
 
@@ -125,13 +156,13 @@ async def fs_access(connection: Connection, request: FsAccess) -> None:
 
 
 async def fs_readlink(connection: Connection, request: FsReadlink) -> FsLinkTarget:
-    return FsLinkTarget(target=_files(connection).fs.readlink(request.path))
+    return FsLinkTarget(target=_wire_text(_files(connection).fs.readlink(request.path)))
 
 
 async def fs_readdir(connection: Connection, request: FsReaddir) -> FsEntries:
     entries = _files(connection).fs.readdir(request.path)
     return FsEntries(
-        names=[e.name for e in entries],
+        names=[_wire_text(e.name) for e in entries],
         inodes=[e.ino for e in entries],
         types=[e.file_type for e in entries],
     )
@@ -159,6 +190,28 @@ async def fs_truncate(connection: Connection, request: FsTruncate) -> None:
     _files(connection).fs.truncate(request.path, request.length)
 
 
+async def fs_ftruncate(connection: Connection, request: FsFtruncate) -> None:
+    if request.length < 0:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    os.ftruncate(_files(connection).fd(request.handle), request.length)
+
+
+async def fs_fsync(connection: Connection, request: FsFsync) -> None:
+    fd = _files(connection).fd(request.handle)
+    if request.datasync:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)
+
+
+async def fs_chmod(connection: Connection, request: FsChmod) -> None:
+    _files(connection).fs.chmod(request.path, request.mode)
+
+
+async def fs_utimens(connection: Connection, request: FsUtimens) -> None:
+    _files(connection).fs.utimens(request.path, request.atime, request.mtime)
+
+
 async def fs_statfs(connection: Connection, request: FsStatfs) -> FsStatfsResult:
     return FsStatfsResult(**attrs.asdict(_files(connection).fs.statfs(request.path)))
 
@@ -167,6 +220,9 @@ async def read_file_stream(stream: Stream, request: FsReadFile) -> None:
     fs = _files(stream.connection).fs
     fd = fs.open(request.path, os.O_RDONLY)
     try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            # Refused before accepting, so the opener gets EISDIR as the open's error.
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         await stream.accept()
         while data := os.read(fd, STREAM_CHUNK):
             await stream.write(data)
@@ -177,21 +233,28 @@ async def read_file_stream(stream: Stream, request: FsReadFile) -> None:
 
 AGENT_HANDLERS = AgentHandlers(
     requests={
-        FsOpen: fs_open,
-        FsRead: fs_read,
-        FsWrite: fs_write,
-        FsClose: fs_close,
-        FsStat: fs_stat,
-        FsFstat: fs_fstat,
-        FsAccess: fs_access,
-        FsReadlink: fs_readlink,
-        FsReaddir: fs_readdir,
-        FsMkdir: fs_mkdir,
-        FsUnlink: fs_unlink,
-        FsRmdir: fs_rmdir,
-        FsRename: fs_rename,
-        FsTruncate: fs_truncate,
-        FsStatfs: fs_statfs,
+        message: _invalid_numbers_are_einval(handler)
+        for message, handler in {
+            FsOpen: fs_open,
+            FsRead: fs_read,
+            FsWrite: fs_write,
+            FsClose: fs_close,
+            FsStat: fs_stat,
+            FsFstat: fs_fstat,
+            FsAccess: fs_access,
+            FsReadlink: fs_readlink,
+            FsReaddir: fs_readdir,
+            FsMkdir: fs_mkdir,
+            FsUnlink: fs_unlink,
+            FsRmdir: fs_rmdir,
+            FsRename: fs_rename,
+            FsTruncate: fs_truncate,
+            FsFtruncate: fs_ftruncate,
+            FsFsync: fs_fsync,
+            FsChmod: fs_chmod,
+            FsUtimens: fs_utimens,
+            FsStatfs: fs_statfs,
+        }.items()
     },
     streams={READ_FILE_STREAM: read_file_stream},
 )

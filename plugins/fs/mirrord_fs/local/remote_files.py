@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
-from mirrord_core.session import Session
+from mirrord_core.protocol import ConnectionLost, StreamResetError
+from mirrord_core.session import RemoteRequestError, Session, SessionError
 from mirrord_fs.messages import (
     READ_FILE_STREAM,
     FsAccess,
+    FsChmod,
     FsClose,
     FsData,
     FsEntries,
     FsFstat,
+    FsFsync,
+    FsFtruncate,
     FsHandle,
     FsLinkTarget,
     FsMkdir,
@@ -29,8 +33,10 @@ from mirrord_fs.messages import (
     FsStatResult,
     FsTruncate,
     FsUnlink,
+    FsUtimens,
     FsWrite,
     FsWritten,
+    TimeSpec,
 )
 
 
@@ -93,6 +99,20 @@ class RemoteFiles:
     async def truncate(self, path: str, length: int) -> None:
         await self.session.request(FsTruncate(path=path, length=length))
 
+    async def ftruncate(self, handle: int, length: int) -> None:
+        await self.session.request(FsFtruncate(handle=handle, length=length))
+
+    async def fsync(self, handle: int, datasync: bool = False) -> None:
+        await self.session.request(FsFsync(handle=handle, datasync=datasync))
+
+    async def chmod(self, path: str, mode: int) -> None:
+        """``chmod`` of exactly ``path`` (a symlink is not followed: EOPNOTSUPP)."""
+        await self.session.request(FsChmod(path=path, mode=mode))
+
+    async def utimens(self, path: str, atime: TimeSpec = "now", mtime: TimeSpec = "now") -> None:
+        """Set the times of exactly ``path``: nanoseconds, ``"now"`` or ``"omit"``."""
+        await self.session.request(FsUtimens(path=path, atime=atime, mtime=mtime))
+
     async def statfs(self, path: str) -> FsStatfsResult:
         return await self.session.request(FsStatfs(path=path))
 
@@ -100,7 +120,18 @@ class RemoteFiles:
         """The contents of ``path`` in chunks, streamed with flow control."""
         stream = await self.session.open_stream(READ_FILE_STREAM, FsReadFile(path=path))
         async with stream:
-            async for chunk in stream:
+            while True:
+                try:
+                    chunk = await stream.read()
+                except StreamResetError as err:
+                    # The agent failed reading (an I/O error): the target's errno.
+                    if err.errno is not None:
+                        raise OSError(err.errno, err.reason) from None
+                    raise RemoteRequestError("stream_reset", str(err)) from None
+                except ConnectionLost as err:
+                    raise SessionError(f"lost the agent: {err}") from None
+                if not chunk:
+                    return
                 yield chunk
 
     async def read_file(self, path: str) -> bytes:
