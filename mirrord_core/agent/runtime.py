@@ -20,11 +20,12 @@ from collections.abc import Callable
 import attrs
 
 from mirrord_core.agent.handlers import AgentContext, AgentHandlers
-from mirrord_core.agent.target_process import check_alive, wait_for_exit
+from mirrord_core.agent.target_process import TargetNotFound, check_alive, wait_for_exit
 from mirrord_core.linux.namespaces import enter_network_namespace, same_network_namespace
 from mirrord_core.protocol import Connection, ProtocolServer
 
 log = logging.getLogger("mirrord.agent")
+_ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @attrs.frozen(kw_only=True)
@@ -37,6 +38,10 @@ class AgentOptions:
     token: str = attrs.field(repr=False)
     communication_timeout: float = 30.0
     network_interface: str | None = None
+
+
+class AgentStartupError(Exception):
+    """The agent cannot start serving; the message says why (e.g. the address is in use)."""
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -63,16 +68,25 @@ class AgentRuntime:
         """Bind, enter the target, serve; returns the process exit status."""
         options = self.options
         check_alive(options.pid)
-        listener = bind_listener(options.listen_host, options.listen_port)
-        root_fd = os.open(f"/proc/{options.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        if not same_network_namespace("self", options.pid):
-            enter_network_namespace(options.pid)
-        context = AgentContext(
-            pid=options.pid, root_fd=root_fd, network_interface=options.network_interface
-        )
         try:
+            listener = bind_listener(options.listen_host, options.listen_port)
+        except OSError as err:
+            where = f"{options.listen_host}:{options.listen_port}"
+            raise AgentStartupError(f"cannot listen on {where}: {err.strerror or err}") from None
+        try:
+            root_fd = os.open(f"/proc/{options.pid}/root", _ROOT_FLAGS)
+        except (FileNotFoundError, ProcessLookupError):
+            listener.close()
+            raise TargetNotFound(f"no process with pid {options.pid}") from None
+        try:
+            if not same_network_namespace("self", options.pid):
+                enter_network_namespace(options.pid)
+            context = AgentContext(
+                pid=options.pid, root_fd=root_fd, network_interface=options.network_interface
+            )
             return asyncio.run(self._serve(listener, context))
         finally:
+            listener.close()
             os.close(root_fd)
 
     async def _serve(self, listener: socket.socket, context: AgentContext) -> int:

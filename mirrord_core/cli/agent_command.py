@@ -15,7 +15,7 @@ from typing import Any
 
 from mirrord_core.agent.handlers import merge_handlers
 from mirrord_core.agent.log_level import python_level
-from mirrord_core.agent.runtime import AgentOptions, AgentRuntime
+from mirrord_core.agent.runtime import AgentOptions, AgentRuntime, AgentStartupError
 from mirrord_core.agent.target_process import TargetNotFound, pid_of_container
 from mirrord_core.plugin_manager import get_plugins
 from mirrord_core.user_errors import UserError
@@ -118,7 +118,7 @@ def _agent(args: argparse.Namespace) -> int:
         )
         runtime = AgentRuntime(options, handlers, on_ready=_announce)
         return runtime.run()
-    except (TargetNotFound, TypeError, ValueError) as err:
+    except (TargetNotFound, AgentStartupError, TypeError, ValueError) as err:
         raise AgentCommandError(str(err)) from None
     except PermissionError as err:
         raise AgentCommandError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from mirrord_core.agent.handlers import AgentContext, AgentHandlers
 from mirrord_core.protocol import Connection, RequestFailed
 from mirrord_network.agent.outgoing import tcp_connect, udp_connect
@@ -15,8 +17,15 @@ from mirrord_network.messages import (
     Resolve,
 )
 
+#: Failure code of Resolve for a family other than AF_UNSPEC, AF_INET and AF_INET6
+#: (getaddrinfo's EAI_FAMILY).
+UNSUPPORTED_FAMILY = "unsupported_family"
+_FAMILIES = (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6)
+
 
 async def resolve(connection: Connection, request: Resolve) -> Addresses:
+    if request.family not in _FAMILIES:
+        raise RequestFailed(UNSUPPORTED_FAMILY, f"address family {request.family} not supported")
     resolver = TargetResolver(AgentContext.of(connection).root_fd)
     try:
         return Addresses(addresses=await resolver.resolve(request.name, request.family))

@@ -14,7 +14,7 @@ from mirrord_core.protocol import Stream
 from mirrord_network.messages import Connected, TcpConnect, UdpConnect
 
 CONNECT_TIMEOUT = 30.0
-PIPE_CHUNK = 64 * 1024
+PIPE_CHUNK = 256 * 1024
 _LENGTH = struct.Struct(">H")
 
 
@@ -32,7 +32,9 @@ async def tcp_connect(stream: Stream, request: TcpConnect) -> None:
     _check_destination(request.host, request.port)
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(request.host, request.port), CONNECT_TIMEOUT
+            # The reader's limit (64 KiB by default) would stop the socket after 128 KiB.
+            asyncio.open_connection(request.host, request.port, limit=PIPE_CHUNK),
+            CONNECT_TIMEOUT,
         )
     except TimeoutError:
         raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
@@ -81,9 +83,23 @@ async def udp_connect(stream: Stream, request: UdpConnect) -> None:
     _check_destination(request.host, request.port)
     family = socket.AF_INET6 if ":" in request.host else socket.AF_INET
     loop = asyncio.get_running_loop()
-    transport, relay = await loop.create_datagram_endpoint(
-        _DatagramRelay, remote_addr=(request.host, request.port), family=family
-    )
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect((request.host, request.port))
+        transport, relay = await loop.create_datagram_endpoint(_DatagramRelay, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+    def send(datagram: bytes) -> None:
+        if datagram:
+            transport.sendto(datagram)
+            return
+        # asyncio (before 3.13) silently drops empty datagrams; UDP allows them.
+        with contextlib.suppress(OSError):
+            sock.send(b"")
+
     try:
         host, port = transport.get_extra_info("sockname")[:2]
         await stream.accept(Connected(local_host=host, local_port=port))
@@ -96,7 +112,7 @@ async def udp_connect(stream: Stream, request: UdpConnect) -> None:
                     (size,) = _LENGTH.unpack_from(buffer)
                     if len(buffer) < 2 + size:
                         break
-                    transport.sendto(buffer[2 : 2 + size])
+                    send(buffer[2 : 2 + size])
                     buffer = buffer[2 + size :]
             transport.close()
 

@@ -114,12 +114,21 @@ class TargetResolver:
         self._port = port
 
     def _read(self, path: str) -> str:
-        try:
-            fd = open_in_root(self._root, path, os.O_RDONLY)
-        except OSError:
+        for _ in range(64):
+            try:
+                fd = open_in_root(self._root, path, os.O_RDONLY | os.O_NONBLOCK)
+                break
+            except BlockingIOError:
+                continue  # a rename raced a ".." in a link (RESOLVE_IN_ROOT): retry
+            except OSError:
+                return ""
+        else:
             return ""
         try:
+            # O_NONBLOCK above: a FIFO planted as /etc/hosts must not hang the agent.
             return os.read(fd, MAX_CONFIG_FILE).decode("utf-8", "replace")
+        except OSError:
+            return ""
         finally:
             os.close(fd)
 

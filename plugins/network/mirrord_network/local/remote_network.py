@@ -20,14 +20,18 @@ from mirrord_network.messages import (
 )
 
 _LENGTH = struct.Struct(">H")
+#: Resolve failure codes → getaddrinfo errors (anything else: EAI_AGAIN, try again).
+_GAI_ERRORS = {NAME_NOT_FOUND: socket.EAI_NONAME, "unsupported_family": socket.EAI_FAMILY}
 
 
 async def resolve(session: Session, name: str, family: int = socket.AF_UNSPEC) -> list[str]:
     """Addresses of ``name`` as the target resolves it; raises :class:`socket.gaierror`."""
+    if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
+        raise socket.gaierror(socket.EAI_FAMILY, f"address family {family} not supported")
     try:
         answer: Addresses = await session.request(Resolve(name=name, family=family))
     except RemoteRequestError as err:
-        code = socket.EAI_NONAME if err.code == NAME_NOT_FOUND else socket.EAI_AGAIN
+        code = _GAI_ERRORS.get(err.code, socket.EAI_AGAIN)
         raise socket.gaierror(code, str(err)) from None
     return list(answer.addresses)
 

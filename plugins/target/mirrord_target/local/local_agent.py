@@ -39,6 +39,24 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.stdout.close()
 
 
+class LocalAgentProcess:
+    """The spawned agent process; calling it (the endpoint's ``release``) stops it.
+
+    ``pid`` and ``log_path`` say which process serves the session and where it logs.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: str) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __call__(self) -> None:
+        _stop(self.process)
+
+
 def _last_line(path: str) -> str:
     try:
         with open(path, "rb") as log:
@@ -117,5 +135,5 @@ def spawn_local_agent(
         host=str(ready["host"]),
         port=int(ready["port"]),  # type: ignore[call-overload]
         token=token,
-        release=lambda: _stop(process),
+        release=LocalAgentProcess(process, log.name),
     )
