@@ -42,10 +42,25 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     )
 
 
+#: How often an open is retried when the kernel reports a ``..`` race (EAGAIN).
+OPEN_ATTEMPTS = 64
+
+
 def open_in_root(root_fd: int, path: str, flags: int, mode: int = 0o666) -> int:
     """Open ``path`` inside the directory ``root_fd`` as if it were ``/``.
 
     Magic links (``/proc/self/root``, ``/proc/PID/fd/N``) are refused too: inside the
     target they would point at objects of the agent, not of the target.
+
+    With ``RESOLVE_IN_ROOT`` the kernel answers EAGAIN when a rename anywhere on the system
+    races the resolution of a ``..`` component (it cannot prove the ``..`` stayed inside);
+    the man page says to retry, so a pod renaming files in a loop cannot make opens fail
+    spuriously.
     """
-    return openat2(root_fd, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+    for _ in range(OPEN_ATTEMPTS - 1):
+        try:
+            return openat2(root_fd, path, flags, mode, resolve)
+        except BlockingIOError:
+            continue
+    return openat2(root_fd, path, flags, mode, resolve)

@@ -85,26 +85,6 @@ class FsStats:
     namemax: int
 
 
-#: How often an open is retried when the kernel reports a ``..`` race (EAGAIN).
-OPEN_ATTEMPTS = 64
-
-
-def _open_confined(root_fd: int, path: str, flags: int, mode: int = 0o666) -> int:
-    """``open_in_root``, retried while it fails with EAGAIN.
-
-    With ``RESOLVE_IN_ROOT`` the kernel answers EAGAIN when a rename anywhere on the
-    system races the resolution of a ``..`` component (it cannot prove the ``..`` stayed
-    inside); the man page says to retry. A pod renaming files in a loop would otherwise
-    make opens of paths with ``..`` in them fail spuriously.
-    """
-    for _ in range(OPEN_ATTEMPTS - 1):
-        try:
-            return open_in_root(root_fd, path, flags, mode)
-        except BlockingIOError:
-            continue
-    return open_in_root(root_fd, path, flags, mode)
-
-
 def _split(path: str) -> tuple[str, str]:
     """The parent and last component of an absolute path inside the target."""
     if not path.startswith("/") or "\0" in path:
@@ -149,8 +129,8 @@ class ConfinedFileSystem:
         _split(path)
         flags &= ~os.O_CLOEXEC
         if flags & os.O_PATH:
-            return _open_confined(self._root, path, flags, mode)
-        fd = _open_confined(self._root, path, flags | os.O_NONBLOCK, mode)
+            return open_in_root(self._root, path, flags, mode)
+        fd = open_in_root(self._root, path, flags | os.O_NONBLOCK, mode)
         if not flags & os.O_NONBLOCK:
             try:
                 kind = stat_module.S_IFMT(os.fstat(fd).st_mode)
@@ -163,7 +143,7 @@ class ConfinedFileSystem:
 
     def _open_parent(self, path: str) -> tuple[int, str]:
         parent, name = _split(path)
-        return _open_confined(self._root, parent, os.O_PATH | os.O_DIRECTORY), name
+        return open_in_root(self._root, parent, os.O_PATH | os.O_DIRECTORY), name
 
     # -- metadata -------------------------------------------------------------------------
 
