@@ -1,12 +1,17 @@
 """The shape of the handler objects feature hooks return to the interception engine.
 
 Hooks that sit on a per-syscall path are called once per session and return these
-objects; the engine then calls the objects directly for every trapped syscall.
+objects; the engine then calls the objects directly for every trapped syscall
+(``docs/interception.md`` describes the engine and the answers).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from mirrord_core.interception.answers import Answer
+    from mirrord_core.interception.notification import Notification
 
 
 @runtime_checkable
@@ -14,8 +19,18 @@ class SyscallHandler(Protocol):
     """Handles some trapped syscalls of the user's process tree."""
 
     #: Names of the syscalls this handler needs trapped (``"openat"``, ``"connect"`` …).
+    #: Only these are trapped; names the running architecture lacks (``open`` on
+    #: aarch64) are ignored.
     syscalls: frozenset[str]
 
-    def handle(self, notification: Any) -> Any:
-        """Answer one trapped syscall (or let it continue); never blocks on the network."""
+    def handle(self, notification: Notification) -> Answer | None:
+        """Answer one trapped syscall, or return ``None`` to pass it on.
+
+        Return an :class:`~mirrord_core.interception.answers.Answer` (``CONTINUE``,
+        ``Value(v)``, ``Errno(e)``, ``InjectFd(fd)``), ``DEFERRED`` after arranging to
+        answer later through ``notification.respond_*`` from another thread, or ``None``
+        when the syscall is not this handler's (the next handler for it is asked; if
+        none answers, it runs natively). Runs on the notification thread: it must not
+        block on the network.
+        """
         ...

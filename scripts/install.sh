@@ -11,7 +11,13 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: the Python venv module, and what the sandbox pods and later features use.
 packages=(python3 python3-venv python3-pip iproute2 busybox-static dnsmasq-base nftables fuse3
-          util-linux procps)
+          util-linux procps curl)
+if ((with_tests)); then
+    # Real programs the interception tests run: a static Go binary they build, Node, and the
+    # kernel headers they check the syscall tables against.
+    packages+=(golang-go linux-libc-dev)
+    command -v node >/dev/null || packages+=(nodejs)
+fi
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
