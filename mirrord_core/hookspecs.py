@@ -9,7 +9,7 @@ Hooks on a per-syscall path return handler objects once; the hot path never call
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import pluggy
@@ -86,6 +86,17 @@ def spawn_agent(config: Any, target: ResolvedTarget | None) -> AgentEndpoint | N
 
 
 # -- process setup -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def fetch_remote_env(config: Any, session: Any) -> Awaitable[Mapping[str, str]] | None:
+    """Fetch the target's environment for the user's process.
+
+    Receives the config and the agent session. Returns an awaitable of the target's
+    (unfiltered) environment, or ``None`` when this plugin does not provide it (then the
+    process starts with the local environment only). First result wins; the core awaits
+    it once per ``mirrord run`` and passes it through :func:`filter_env`.
+    """
 
 
 @hookspec

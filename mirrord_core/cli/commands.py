@@ -14,6 +14,7 @@ from mirrord_core.cli import output
 from mirrord_core.cli.target_options import add_target_arguments, resolve_from_args
 from mirrord_core.config import ConfigError, resolve
 from mirrord_core.config.json_schema import config_schema
+from mirrord_core.interception import LaunchError
 from mirrord_core.plugin_manager import get_plugins
 from mirrord_core.run_pipeline import run_session
 
@@ -52,7 +53,13 @@ def _run(args: argparse.Namespace) -> int:
     if not args.binary:
         output.error("no command given: mirrord run [FLAGS] -- COMMAND [ARGS…]")
         return 2
-    return run_session(loaded, resolved, [args.binary, *args.binary_args])
+    try:
+        return run_session(loaded, resolved, [args.binary, *args.binary_args])
+    except LaunchError as err:
+        # A command that cannot start exits as a shell would say (127 not found, 126 not
+        # executable), so scripts see the same status with or without mirrord.
+        output.error(str(err))
+        return err.exit_status
 
 
 def add_verify_config_command(commands: _Subparsers) -> None:

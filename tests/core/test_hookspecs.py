@@ -748,3 +748,32 @@ def test_hook_register_cli_commands() -> None:
     commands = parser.add_subparsers(dest="command")
     installed.hook.register_cli_commands(commands=commands)
     assert {"env", "fs", "net"} <= set(commands.choices)
+
+
+# -- fetch_remote_env ------------------------------------------------------------------------
+
+
+def test_hook_fetch_remote_env() -> None:
+    """First result wins: one plugin provides the target's environment as an awaitable."""
+    import asyncio
+
+    async def remote() -> dict[str, str]:
+        return {"GREETING": "hi"}
+
+    class NotMine:
+        @hookimpl
+        def fetch_remote_env(self, config: Any, session: Any) -> None:
+            return None
+
+    class Provider:
+        @hookimpl
+        def fetch_remote_env(self, config: Any, session: Any) -> Any:
+            return remote()
+
+    manager = _manager()
+    assert manager.hook.fetch_remote_env(config=None, session=None) is None
+    manager.register(Provider(), name="provider")
+    manager.register(NotMine(), name="not-mine")
+    pending = manager.hook.fetch_remote_env(config=None, session=None)
+    assert asyncio.run(pending) == {"GREETING": "hi"}
+    assert manager.hook.fetch_remote_env.spec.opts.get("firstresult")
