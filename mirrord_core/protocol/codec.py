@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import struct
 import threading
 import types
 import typing
@@ -35,7 +36,18 @@ from mirrord_core.protocol.errors import (
     UnknownMessageType,
 )
 from mirrord_core.protocol.framing import MAX_FRAME_SIZE, encode_header
+from mirrord_core.protocol.messages import MAX_ID, StreamData
 from mirrord_core.protocol.registry import DEFAULT_REGISTRY, TAG_KEY, Message, MessageRegistry
+
+_BIN8 = struct.Struct(">BB")
+_BIN16 = struct.Struct(">BH")
+_BIN32 = struct.Struct(">BI")
+# msgpack of ``{"t": "stream_data", "stream_id": …, "data": …}`` around the two values, in
+# the order the converter unstructures the fields (``Codec.encode_stream_data_frames``).
+_STREAM_DATA_HEAD = (
+    b"\x83" + msgpack.packb(TAG_KEY) + msgpack.packb(StreamData.TAG) + msgpack.packb("stream_id")
+)
+_DATA_KEY = msgpack.packb("data")
 
 #: How deeply messages may nest inside each other (``Request`` → payload → …).
 MAX_MESSAGE_NESTING = 16
@@ -365,6 +377,12 @@ def make_converter(registry: MessageRegistry) -> cattrs.Converter:
     return converter
 
 
+def _pieces(view: memoryview, chunk: int) -> list[memoryview]:
+    """``view`` in consecutive slices of at most ``chunk`` bytes (one empty slice if empty)."""
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return [view[start : start + chunk] for start in range(0, len(view), chunk)] or [view]
+
+
 def _message_tag(value: Any) -> str:
     if type(value) is not dict:
         raise WireValueError(f"expected a message (a map), got {describe(value)}")
@@ -390,6 +408,7 @@ class Codec:
     def __init__(self, registry: MessageRegistry | None = None) -> None:
         self.registry = DEFAULT_REGISTRY if registry is None else registry
         self.converter = make_converter(self.registry)
+        self._stream_data_registered = False
 
     def unstructure(self, message: Message) -> dict[str, Any]:
         """The message as a plain map ``{"t": tag, …}`` (before msgpack)."""
@@ -427,9 +446,61 @@ class Codec:
             raise FrameTooLarge(len(body), max_size)
         return encode_header(len(body), max_size) + body
 
+    def _stream_data_is_registered(self) -> bool:
+        # A tag never changes its class once registered, so a yes can be remembered.
+        if not self._stream_data_registered:
+            self._stream_data_registered = self.registry.get(StreamData.TAG) is StreamData
+        return self._stream_data_registered
+
+    def encode_stream_data_frames(
+        self, stream_id: int, data: bytes | bytearray | memoryview, chunk: int
+    ) -> bytes:
+        """Frames of ``StreamData(stream_id=stream_id, data=…)`` for ``data`` cut into pieces
+        of at most ``chunk`` bytes, back to back in one ``bytes``.
+
+        Byte for byte what :meth:`encode_frame` gives for each of those messages, without
+        the copies of the general path (slice, msgpack's buffer, header concatenation): the
+        data is copied once, into the result, so the frames can go out in one write.
+        """
+        if (
+            type(stream_id) is not int
+            or not 1 <= stream_id <= MAX_ID
+            or not self._stream_data_is_registered()
+        ):
+            # Let the general path word the error.
+            return b"".join(
+                self.encode_frame(StreamData(stream_id=stream_id, data=bytes(piece)))
+                for piece in _pieces(memoryview(data), chunk)
+            )
+        head = _STREAM_DATA_HEAD + msgpack.packb(stream_id) + _DATA_KEY
+        parts: list[bytes | memoryview] = []
+        for piece in _pieces(memoryview(data), chunk):
+            size = len(piece)
+            if size < 0x100:
+                bin_header = _BIN8.pack(0xC4, size)
+            elif size < 0x10000:
+                bin_header = _BIN16.pack(0xC5, size)
+            else:
+                bin_header = _BIN32.pack(0xC6, size)
+            parts += (encode_header(len(head) + len(bin_header) + size), head, bin_header, piece)
+        return b"".join(parts)
+
     def decode(self, body: bytes) -> Message:
         """The message in a frame body; :class:`MalformedMessage` for anything invalid."""
-        return self.structure(self.unpack(body))
+        value = self.unpack(body)
+        # The bulk path: a well-formed ``stream_data`` is built directly (the same checks as
+        # the converter's, which still handles every other case and words every error).
+        if (
+            type(value) is dict
+            and len(value) == 3
+            and value.get(TAG_KEY) == "stream_data"
+            and type(data := value.get("data")) is bytes
+            and type(stream_id := value.get("stream_id")) is int
+            and 1 <= stream_id <= MAX_ID
+            and self._stream_data_is_registered()
+        ):
+            return StreamData(stream_id=stream_id, data=data)
+        return self.structure(value)
 
     @staticmethod
     def unpack(body: bytes) -> Any:

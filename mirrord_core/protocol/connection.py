@@ -40,7 +40,7 @@ from mirrord_core.protocol.errors import (
     StreamResetError,
     clip,
 )
-from mirrord_core.protocol.framing import MAX_FRAME_SIZE, read_frame
+from mirrord_core.protocol.framing import MAX_FRAME_SIZE, FrameReader, read_frame
 from mirrord_core.protocol.handshake import HANDSHAKE_TIMEOUT, client_handshake, server_handshake
 from mirrord_core.protocol.messages import (
     HANDSHAKE_MESSAGES,
@@ -372,9 +372,14 @@ class Connection:
     # -- receiving -------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        reader = self._reader
+        frames = isinstance(reader, FrameReader) and reader.start_frames()
         try:
             while self._close_error is None:
-                body = await read_frame(self._reader, MAX_FRAME_SIZE)
+                if frames:
+                    body = await reader.next_frame(MAX_FRAME_SIZE)
+                else:
+                    body = await read_frame(reader, MAX_FRAME_SIZE)
                 if body is None:
                     self._shutdown(
                         PeerClosed(
@@ -408,6 +413,9 @@ class Connection:
                 ConnectionLost(f"connection closed after an internal error: {exc!r}"),
                 Goodbye(reason="internal error"),
             )
+        finally:
+            if frames:
+                reader.stop_frames()
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, StreamData):
@@ -811,6 +819,15 @@ async def accept(
     return connection
 
 
+async def _open_stream_pair(host: str, port: int) -> tuple[FrameReader, asyncio.StreamWriter]:
+    """:func:`asyncio.open_connection`, with a :class:`FrameReader` as the reader."""
+    loop = asyncio.get_running_loop()
+    reader = FrameReader(limit=READ_BUFFER_LIMIT, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 async def open_connection(
     host: str,
     port: int,
@@ -830,7 +847,7 @@ async def open_connection(
     """
     try:
         async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=READ_BUFFER_LIMIT)
+            reader, writer = await _open_stream_pair(host, port)
     except TimeoutError:
         raise ConnectFailed(
             f"cannot connect to {host}:{port}: no answer within {connect_timeout} s"

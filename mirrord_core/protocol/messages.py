@@ -15,12 +15,12 @@ from mirrord_core.protocol.registry import Message, register_message
 #: Version of the message set and its rules; the handshake refuses any other version.
 PROTOCOL_VERSION = 1
 
-_MAX_ID = 2**63 - 1
+MAX_ID = 2**63 - 1
 _MAX_NONCE = 2**64 - 1
 #: Largest single window grant (as in HTTP/2, a window never exceeds 2**31 - 1 bytes).
 MAX_WINDOW = 2**31 - 1
 
-_ID = [ge(1), le(_MAX_ID)]
+_ID = [ge(1), le(MAX_ID)]
 
 
 def _bytes_repr(data: bytes) -> str:

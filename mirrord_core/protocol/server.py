@@ -25,6 +25,7 @@ from mirrord_core.protocol.connection import (
     accept,
 )
 from mirrord_core.protocol.errors import HandshakeError
+from mirrord_core.protocol.framing import FrameReader
 from mirrord_core.protocol.registry import Message
 
 log = logging.getLogger("mirrord.protocol")
@@ -69,14 +70,17 @@ class ProtocolServer:
         self, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None
     ) -> None:
         """Listen on ``host:port`` (port 0 picks a free port) or on a bound ``sock``."""
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            # asyncio.start_server's protocol, with a FrameReader as the reader.
+            reader = FrameReader(limit=READ_BUFFER_LIMIT, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, self._on_client, loop=loop)
+
         if sock is not None:
-            self._server = await asyncio.start_server(
-                self._on_client, sock=sock, limit=READ_BUFFER_LIMIT
-            )
+            self._server = await loop.create_server(protocol, sock=sock)
         else:
-            self._server = await asyncio.start_server(
-                self._on_client, host, port, limit=READ_BUFFER_LIMIT
-            )
+            self._server = await loop.create_server(protocol, host, port)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -28,7 +28,6 @@ from mirrord_core.protocol.messages import (
     MAX_WINDOW,
     Ok,
     StreamAccept,
-    StreamData,
     StreamEnd,
     StreamReset,
     WindowUpdate,
@@ -43,7 +42,7 @@ STREAM_WINDOW = 256 * 1024
 #: Largest ``StreamData`` payload a sender puts in one frame.
 MAX_DATA_CHUNK = 64 * 1024
 #: Credit is returned once the application has consumed this much (fewer, larger updates).
-WINDOW_UPDATE_THRESHOLD = STREAM_WINDOW // 4
+WINDOW_UPDATE_THRESHOLD = STREAM_WINDOW // 2
 
 ErrorFactory = Callable[[], BaseException]
 
@@ -153,15 +152,8 @@ class Stream:
             raise StreamClosedError(f"stream {self.id}: read after close")
         if max_bytes == 0:
             return b""
-        self._ensure_accepted(None)
-        while not self._buffer:
-            if self._recv_eof and self._eof_before_error:
-                return b""
-            self._raise_if_failed()
-            if self._recv_eof:
-                return b""
-            self._readable.clear()
-            await self._readable.wait()
+        if not await self._wait_for_data():
+            return b""
         if max_bytes < 0 or max_bytes >= self._buffered:
             data = b"".join(self._buffer)
             self._buffer.clear()
@@ -203,7 +195,15 @@ class Stream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Iterate over chunks as they arrive, until the end of the stream."""
-        while chunk := await self.read():
+        # Each chunk as it arrived: unlike read(), nothing is joined (copied) on the way.
+        while True:
+            if self._read_closed:
+                raise StreamClosedError(f"stream {self.id}: read after close")
+            if not await self._wait_for_data():
+                return
+            chunk = self._buffer.popleft()
+            self._buffered -= len(chunk)
+            self._consumed(len(chunk))
             yield chunk
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -222,11 +222,15 @@ class Stream:
                     self._writable.clear()
                     await self._writable.wait()
                     self._raise_if_not_writable()
-                size = min(len(view), self._send_credit, MAX_DATA_CHUNK)
-                chunk = bytes(view[:size])
+                # All the credit allows (within one window) goes out as one write of frames
+                # of at most MAX_DATA_CHUNK each: one syscall, and one wake-up of the peer.
+                size = min(len(view), self._send_credit, STREAM_WINDOW)
+                frames = self.connection.codec.encode_stream_data_frames(
+                    self.id, view[:size], MAX_DATA_CHUNK
+                )
                 view = view[size:]
                 self._send_credit -= size
-                await self.connection._send(StreamData(stream_id=self.id, data=chunk))
+                await self.connection._send_frame(frames)
                 self._raise_if_not_writable()
 
     async def end(self) -> None:
@@ -348,6 +352,19 @@ class Stream:
         self._fail(error, keep_buffer=self._recv_eof)
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _wait_for_data(self) -> bool:
+        """Wait until data is buffered; ``False`` at the end of the stream (raises if failed)."""
+        self._ensure_accepted(None)
+        while not self._buffer:
+            if self._recv_eof and self._eof_before_error:
+                return False
+            self._raise_if_failed()
+            if self._recv_eof:
+                return False
+            self._readable.clear()
+            await self._readable.wait()
+        return True
 
     def _is_accepted(self) -> bool:
         return self._accepted.done() if self.local else self._accept_sent
