@@ -7,6 +7,7 @@ arrive within ``agent.startup_timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -55,6 +56,11 @@ class LocalAgentProcess:
 
     def __call__(self) -> None:
         _stop(self.process)
+        # The log is only worth keeping when something went wrong: a clean exit removes it
+        # so every session does not leave a file behind.
+        if self.process.returncode == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.log_path)
 
 
 def _last_line(path: str) -> str:
