@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from mirrord_core.protocol.connection import Connection
 
 #: Initial receive window of every stream direction, in bytes (part of the protocol).
-STREAM_WINDOW = 256 * 1024
+STREAM_WINDOW = 4 * 1024 * 1024
 #: Largest ``StreamData`` payload a sender puts in one frame.
-MAX_DATA_CHUNK = 64 * 1024
+MAX_DATA_CHUNK = 1024 * 1024
 #: Credit is returned once the application has consumed this much (fewer, larger updates).
 WINDOW_UPDATE_THRESHOLD = STREAM_WINDOW // 2
 

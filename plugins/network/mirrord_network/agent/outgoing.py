@@ -14,7 +14,7 @@ from mirrord_core.protocol import Stream
 from mirrord_network.messages import Connected, TcpConnect, UdpConnect
 
 CONNECT_TIMEOUT = 30.0
-PIPE_CHUNK = 256 * 1024
+PIPE_CHUNK = 1024 * 1024
 _LENGTH = struct.Struct(">H")
 
 
