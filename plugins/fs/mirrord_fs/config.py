@@ -45,7 +45,8 @@ class FsConfig:
             ),
         ),
         doc="local: everything local; localwithoverrides: local except the patterns and "
-        "built-in lists; read: read remotely, write locally (default); write: read and "
+        "built-in lists; read: read remotely, writes to remote paths fail with EROFS "
+        "(default); write: read and "
         "write remotely.",
     )
     read_write: RegexList = setting(

@@ -84,14 +84,31 @@ def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
 
 
+def _local_roots(cwd: str, executable: str) -> list[str]:
+    """Directories of this machine a local program needs whatever the mode: the project
+    (working directory), the Python installation ``mirrord`` runs on (a virtualenv and its
+    base interpreter), the running executable's directory, the user's home."""
+    roots = [cwd, os.path.dirname(executable), os.path.dirname(os.path.realpath(executable))]
+    roots += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    roots.append(os.path.expanduser("~"))
+    return sorted({os.path.normpath(root) for root in roots if root.startswith("/")} - {"/"})
+
+
 def _run_local_patterns(cwd: str, executable: str) -> list[str]:
     # Project runners (``python app.py``, ``node app.js``) open files below the working
-    # directory and their own binary; those must come from the developer's machine.
-    return [
-        f"^{re.escape(tempfile.gettempdir())}",
-        f"^{re.escape(cwd.rstrip('/'))}(/.*)?$",
-        f"^{re.escape(executable)}$",
-    ]
+    # directory and their own binary and libraries; those must come from the developer's
+    # machine. The roots' ancestors stay local too (exactly: ``/work``, not ``/work/x``):
+    # resolving a path below a root lstat()s each of them.
+    patterns = [f"^{re.escape(tempfile.gettempdir())}", f"^{re.escape(executable)}$"]
+    ancestors: set[str] = set()
+    for root in _local_roots(cwd, executable):
+        patterns.append(f"^{re.escape(root)}(/.*)?$")
+        parent = os.path.dirname(root)
+        while parent != "/":
+            ancestors.add(parent)
+            parent = os.path.dirname(parent)
+    patterns += [f"^{re.escape(ancestor)}$" for ancestor in sorted(ancestors)]
+    return patterns
 
 
 @attrs.frozen
