@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +11,11 @@ from mirrord_core.agent.handlers import AgentHandlers
 from mirrord_core.hookspecs import hookimpl
 from mirrord_network.agent.handlers import AGENT_HANDLERS
 from mirrord_network.config import NetworkConfig
+from mirrord_network.local.dns_handlers import DnsFiles, target_files_available
 from mirrord_network.local.net_command import add_net_command
+from mirrord_network.local.outgoing_handlers import OutgoingTraffic
+
+log = logging.getLogger(__name__)
 
 
 @hookimpl
@@ -25,3 +31,33 @@ def register_agent_handlers() -> AgentHandlers:
 @hookimpl
 def register_cli_commands(commands: Any) -> None:
     add_net_command(commands)
+
+
+@hookimpl
+def handle_outgoing(config: Any, session: Any) -> list[Any] | None:
+    """Outgoing TCP/UDP through the target and remote DNS (``docs/network.md``)."""
+    network: NetworkConfig = config.feature.network
+    outgoing = network.outgoing
+    if not (outgoing.tcp or outgoing.udp or network.dns):
+        return None
+    loop = asyncio.get_running_loop()
+    handlers: list[Any] = []
+    if network.dns:
+        if target_files_available():
+            handlers.append(DnsFiles(session, loop))
+        else:
+            log.warning(
+                "remote DNS reads the target's resolv.conf and hosts through the fs plugin "
+                "(mirrord-fs), which is not installed: this machine's files are used"
+            )
+    handlers.append(
+        OutgoingTraffic(
+            session,
+            loop,
+            tcp=outgoing.tcp,
+            udp=outgoing.udp,
+            ignore_localhost=outgoing.ignore_localhost,
+            remote_dns=network.dns,
+        )
+    )
+    return handlers
