@@ -15,9 +15,9 @@ trap '"${mirrord[@]}" sandbox down --name demo >/dev/null 2>&1 || true' EXIT
 show sandbox up --name demo
 pid=$("${mirrord[@]}" sandbox status | awk -F'│' '$2 ~ /^ web / {gsub(/ /, "", $5); print $5}')
 
-show env -t "pid/$pid" -x 'HOSTNAME'
-show fs ls -t "pid/$pid" /app
-show fs cat -t "pid/$pid" /app/config.yaml
-show net resolve -t "pid/$pid" api
-show net get -t "pid/$pid" http://api.default.svc.cluster.local:8080/
+# The main job: a local shell runs in the context of the web pod — its environment, its files,
+# its DNS and its network (the api pod is reachable only from inside the pod network).
+script='echo "GREETING=$GREETING"; cat /app/config.yaml; curl -s http://api.default.svc.cluster.local:8080/'
+echo; echo "\$ mirrord run -t pid/$pid -- sh -c '$script'"
+"${mirrord[@]}" run -t "pid/$pid" -- sh -c "$script"
 show sandbox down --name demo
