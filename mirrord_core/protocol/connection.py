@@ -60,7 +60,7 @@ from mirrord_core.protocol.messages import (
     WindowUpdate,
 )
 from mirrord_core.protocol.registry import Message
-from mirrord_core.protocol.streams import Stream
+from mirrord_core.protocol.streams import STREAM_WINDOW, Stream
 from mirrord_core.protocol.transport import close_transport
 
 log = logging.getLogger("mirrord.protocol")
@@ -155,6 +155,11 @@ class Connection:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        # asyncio's default 64 KiB high-water mark makes every large frame wait for a drain
+        # (a wake-up and a system call each); a window's worth of buffering keeps bulk
+        # streams moving while the read loop still applies back-pressure above it.
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            writer.transport.set_write_buffer_limits(high=STREAM_WINDOW)
         self._loop = asyncio.get_running_loop()
         #: True on the side that sent ``Hello``.
         self.is_client = is_client

@@ -59,6 +59,7 @@ from mirrord_core.protocol import (
     open_connection,
     register_message,
 )
+from mirrord_core.protocol.errors import clip
 from mirrord_core.protocol.framing import decode_header
 
 TOKEN = "fuzz-token-4f3c2a"
@@ -474,7 +475,8 @@ def mutated_frames(draw: st.DrawFn) -> tuple[bytes, dict[str, Any], str]:
     else:
         unknown = draw(st.text(max_size=20).filter(lambda t: CODEC.registry.get(t) is None))
         raw["t"] = unknown
-        expected = f"unknown message type {unknown!r}"
+        # The peer's tag is clipped in the error, exactly as the codec clips it.
+        expected = f"unknown message type {clip(repr(unknown), 100)}"
     return encode_frame(msgpack.packb(raw, use_bin_type=True)), raw, expected
 
 

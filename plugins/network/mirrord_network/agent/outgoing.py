@@ -38,6 +38,8 @@ async def tcp_connect(stream: Stream, request: TcpConnect) -> None:
         )
     except TimeoutError:
         raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
+    # Buffer a chunk's worth before writes wait for a drain (asyncio's default is 64 KiB).
+    writer.transport.set_write_buffer_limits(high=PIPE_CHUNK)
     try:
         host, port = writer.get_extra_info("sockname")[:2]
         await stream.accept(Connected(local_host=host, local_port=port))
