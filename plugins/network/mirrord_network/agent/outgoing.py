@@ -40,6 +40,9 @@ async def tcp_connect(stream: Stream, request: TcpConnect) -> None:
         raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
     # Buffer a chunk's worth before writes wait for a drain (asyncio's default is 64 KiB).
     writer.transport.set_write_buffer_limits(high=PIPE_CHUNK)
+    # Data arrives already framed by the client's writes: forward it without Nagle delays.
+    with contextlib.suppress(OSError):
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         host, port = writer.get_extra_info("sockname")[:2]
         await stream.accept(Connected(local_host=host, local_port=port))
