@@ -218,12 +218,12 @@ def _erofs() -> OSError:
 
 @attrs.define
 class CachedReadHandle:
-    """A read-only open served from a whole-file cache entry."""
+    """A read-only open served from a whole-file cache entry (shared by every open of the
+    same version; its fetch starts at the first read through any of them)."""
 
     path: str
     entry: CacheEntry
     stat: FsStatResult
-    started: bool = False
 
 
 @attrs.define
@@ -436,7 +436,7 @@ class RemoteOperations(mfusepy.Operations):
                 self.stats.cache_hits += 1
                 # The kernel's pages are of this very version: keep them.
                 fi.keep_cache = 1
-            fi.fh = self._add(CachedReadHandle(path, entry, result, started=not fetch))
+            fi.fh = self._add(CachedReadHandle(path, entry, result))
             return 0
         remote = self._call("open", self.files.open(path, flags))
         # Not read ahead: size 0 may be a generated file (procfs-like) whose reads the
@@ -457,8 +457,8 @@ class RemoteOperations(mfusepy.Operations):
     def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:
         handle = self._handle(fh)
         if isinstance(handle, CachedReadHandle):
-            if not handle.started:
-                self._start_fill(handle)
+            if handle.entry.fill is None:
+                self._start_fill(handle.entry)
             data = handle.entry.read(offset, size, self.bridge.timeout)
             self.stats.cached_bytes_served += len(data)
             return data
@@ -474,12 +474,14 @@ class RemoteOperations(mfusepy.Operations):
             size -= len(data)
         return b"".join(pieces)
 
-    def _start_fill(self, handle: CachedReadHandle) -> None:
-        entry = handle.entry
+    def _start_fill(self, entry: CacheEntry) -> None:
+        """Start fetching ``entry`` unless that is done: on the first read through *any*
+        open of it, not only the open that created it. The kernel's page cache belongs to
+        the inode, so when several opens read at once, the read for a page reaches us
+        through whichever open asked first, and the others wait in the kernel on that
+        page's lock: a fetch left to the creating open would never start (until the
+        timeout) while its reader waits for the page the other read waits on."""
         with self._lock:
-            if handle.started:
-                return
-            handle.started = True
             if entry.fill is not None:
                 return
             entry.begin_fill()
