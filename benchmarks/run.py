@@ -42,15 +42,15 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
+
+from remote_fs import loopback_seconds  # the same loopback baseline as the mount benchmark
 
 from mirrord_core.sandbox import PodSpec, Sandbox
 
@@ -260,31 +260,6 @@ def alternate(
         a.append(ours())
         b.append(native())
     return a, b
-
-
-def loopback_seconds(size: int) -> float:
-    """Seconds to copy ``size`` bytes over a 127.0.0.1 TCP connection (1 MiB reads)."""
-    payload = memoryview(os.urandom(MIB) * (size // MIB))
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-
-        def send() -> None:
-            connection, _ = server.accept()
-            with connection:
-                connection.sendall(payload)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        buffer = bytearray(MIB)
-        received = 0
-        with socket.create_connection(("127.0.0.1", port)) as client:
-            started = time.perf_counter()
-            while chunk := client.recv_into(buffer):
-                received += chunk
-            elapsed = time.perf_counter() - started
-        sender.join()
-    assert received == size
-    return elapsed
 
 
 @contextlib.contextmanager
