@@ -21,6 +21,7 @@ from mirrord_core.protocol import (
     Stream,
     open_connection,
 )
+from mirrord_core.protocol.connection import StreamHandler
 from mirrord_core.protocol.errors import StreamRefused
 from mirrord_core.target_model import AgentEndpoint
 from mirrord_core.user_errors import UserError
@@ -94,6 +95,14 @@ class Session:
             raise SessionError(f"the agent refused the {kind} stream: {err}") from None
         except ConnectionLost as err:
             raise SessionError(f"lost the agent: {err}") from None
+
+    def serve_streams(self, kind: str, handler: StreamHandler) -> None:
+        """Accept streams of ``kind`` that the agent opens (an incoming connection …).
+
+        ``handler(stream, open_payload)`` runs on the session's event loop; the stream
+        closes when it returns, and is reset if it raises.
+        """
+        self.connection.serve_streams(kind, handler)
 
     async def ping(self, *, timeout: float | None = 10.0) -> float:
         """Round-trip time to the agent, in seconds."""

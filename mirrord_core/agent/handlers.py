@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import attrs
 
@@ -13,12 +15,20 @@ from mirrord_core.protocol.registry import Message
 _CONTEXT_KEY = "mirrord.agent"
 
 
+Lifespan = Callable[["AgentContext"], AbstractAsyncContextManager[Any]]
+
+
 @attrs.frozen(kw_only=True)
 class AgentHandlers:
     """One plugin's agent side: handlers by request message class and by stream kind."""
 
     requests: Mapping[type[Message], RequestHandler] = attrs.field(factory=dict)
     streams: Mapping[str, StreamHandler] = attrs.field(factory=dict)
+    #: Agent-wide services, entered once before the first client is served and exited on
+    #: every way out of the agent (e.g. the steal redirector, whose nft rules must go).
+    #: Each is called with the :class:`AgentContext` and may keep what its handlers share
+    #: in ``context.services``.
+    lifespans: Sequence[Lifespan] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -32,6 +42,8 @@ class AgentContext:
     pid: int
     root_fd: int
     network_interface: str | None = None
+    #: Agent-wide objects that plugins' lifespans set up, by a key the plugin chooses.
+    services: dict[str, Any] = attrs.field(factory=dict, eq=False)
 
     def attach(self, connection: Connection) -> None:
         """Make this context reachable from the handlers of ``connection``."""
@@ -47,6 +59,7 @@ def merge_handlers(contributions: list[tuple[str, AgentHandlers]]) -> AgentHandl
     """One dispatch table from every plugin's handlers; a clash names both plugins."""
     requests: dict[type[Message], RequestHandler] = {}
     streams: dict[str, StreamHandler] = {}
+    lifespans: list[Lifespan] = []
     owners: dict[object, str] = {}
     for plugin, handlers in contributions:
         if not isinstance(handlers, AgentHandlers):
@@ -64,4 +77,5 @@ def merge_handlers(contributions: list[tuple[str, AgentHandlers]]) -> AgentHandl
             if kind in streams:
                 raise ValueError(f"plugins {owners[kind]!r} and {plugin!r} both serve {kind}")
             streams[kind], owners[kind] = handler, plugin
-    return AgentHandlers(requests=requests, streams=streams)
+        lifespans.extend(handlers.lifespans)
+    return AgentHandlers(requests=requests, streams=streams, lifespans=lifespans)

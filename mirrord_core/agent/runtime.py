@@ -20,6 +20,7 @@ from collections.abc import Callable
 import attrs
 
 from mirrord_core.agent.handlers import AgentContext, AgentHandlers
+from mirrord_core.agent.target_freezer import FreezeError, TargetFreezer
 from mirrord_core.agent.target_process import TargetNotFound, check_alive, wait_for_exit
 from mirrord_core.linux.namespaces import enter_network_namespace, same_network_namespace
 from mirrord_core.protocol import Connection, ProtocolServer
@@ -38,6 +39,10 @@ class AgentOptions:
     token: str = attrs.field(repr=False)
     communication_timeout: float = 30.0
     network_interface: str | None = None
+    #: ``agent.pause``: freeze the target while clients are connected.
+    pause: bool = False
+    #: The target is a container (found by id or as an ephemeral container's pid 1).
+    container: bool = False
 
 
 class AgentStartupError(Exception):
@@ -84,12 +89,29 @@ class AgentRuntime:
             context = AgentContext(
                 pid=options.pid, root_fd=root_fd, network_interface=options.network_interface
             )
-            return asyncio.run(self._serve(listener, context))
+            return asyncio.run(self._serve_with_services(listener, context))
         finally:
             listener.close()
             os.close(root_fd)
 
-    async def _serve(self, listener: socket.socket, context: AgentContext) -> int:
+    async def _serve_with_services(self, listener: socket.socket, context: AgentContext) -> int:
+        freezer = (
+            TargetFreezer(self.options.pid, container=self.options.container)
+            if self.options.pause
+            else None
+        )
+        try:
+            async with contextlib.AsyncExitStack() as services:
+                for lifespan in self.handlers.lifespans:
+                    await services.enter_async_context(lifespan(context))
+                return await self._serve(listener, context, freezer)
+        finally:
+            if freezer is not None:
+                freezer.thaw()
+
+    async def _serve(
+        self, listener: socket.socket, context: AgentContext, freezer: TargetFreezer | None
+    ) -> int:
         loop = asyncio.get_running_loop()
         clients = 0
         ever_connected = asyncio.Event()
@@ -103,6 +125,11 @@ class AgentRuntime:
             all_left.clear()
             ever_connected.set()
             log.info("client %s connected (%d connected)", connection.peer_name, clients)
+            if freezer is not None:
+                try:
+                    freezer.freeze()
+                except (FreezeError, OSError) as err:
+                    log.error("cannot pause the target: %s", err)
 
         def disconnected(connection: Connection) -> None:
             nonlocal clients
@@ -110,6 +137,8 @@ class AgentRuntime:
             log.info("client %s left: %s", connection.peer_name, connection.close_reason)
             if clients == 0:
                 all_left.set()
+                if freezer is not None:
+                    freezer.thaw()
 
         server = ProtocolServer(
             token=self.options.token,

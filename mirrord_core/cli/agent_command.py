@@ -61,6 +61,11 @@ def add_agent_command(commands: Any) -> None:
         help="exit when no client connected within this time (default 30)",
     )
     parser.add_argument("--network-interface", metavar="IF", help="interface to sniff on")
+    parser.add_argument(
+        "--pause",
+        action="store_true",
+        help="freeze the target while clients are connected (agent.pause)",
+    )
     parser.add_argument("--log-level", default="info", help="RUST_LOG-style level")
     parser.add_argument("--token-file", metavar="FILE", help="file holding the session token")
     parser.set_defaults(handler=_agent)
@@ -115,6 +120,8 @@ def _agent(args: argparse.Namespace) -> int:
             token=_token(args),
             communication_timeout=args.communication_timeout,
             network_interface=args.network_interface,
+            pause=args.pause,
+            container=bool(args.container_id or args.ephemeral),
         )
         runtime = AgentRuntime(options, handlers, on_ready=_announce)
         return runtime.run()

@@ -229,6 +229,14 @@ class Connection:
         """Number of streams currently open on this connection."""
         return len(self._streams)
 
+    def serve_streams(self, kind: str, handler: StreamHandler) -> None:
+        """Accept streams of ``kind`` that the peer opens from now on with ``handler``.
+
+        Either side can serve streams: the agent pushes incoming connections to the client
+        this way. Replaces an earlier handler of ``kind``; streams already open keep theirs.
+        """
+        self._stream_handlers[kind] = handler
+
     def add_close_callback(self, callback: CloseCallback) -> None:
         """Call ``callback(connection)`` (sync or async) once the connection is closed."""
         self._close_callbacks.append(callback)

@@ -101,6 +101,7 @@ def spawn_local_agent(
     communication_timeout: float | None,
     log_level: str,
     network_interface: str | None = None,
+    pause: bool = False,
 ) -> AgentEndpoint:
     """Start ``mirrord agent`` for a local target and wait until it listens."""
     assert target.pid is not None
@@ -121,6 +122,8 @@ def spawn_local_agent(
         argv += ["--communication-timeout", str(communication_timeout)]
     if network_interface:
         argv += ["--network-interface", network_interface]
+    if pause:
+        argv.append("--pause")
     env = {**os.environ, TOKEN_ENV: token}
     # The agent's log goes to a file: a pipe nobody drains would block a chatty agent.
     with tempfile.NamedTemporaryFile(prefix="mirrord-agent-", suffix=".log", delete=False) as log:
