@@ -9,9 +9,11 @@ from typing import Any
 
 from mirrord_core.agent.handlers import AgentHandlers
 from mirrord_core.hookspecs import hookimpl
+from mirrord_core.user_errors import UserError
 from mirrord_network.agent.handlers import AGENT_HANDLERS
 from mirrord_network.config import NetworkConfig
 from mirrord_network.local.dns_handlers import DnsFiles, target_files_available
+from mirrord_network.local.incoming_handlers import IncomingTraffic, incoming_options
 from mirrord_network.local.net_command import add_net_command
 from mirrord_network.local.outgoing_handlers import OutgoingTraffic
 
@@ -61,3 +63,22 @@ def handle_outgoing(config: Any, session: Any) -> list[Any] | None:
         )
     )
     return handlers
+
+
+class IncomingConfigError(UserError):
+    """The incoming settings cannot work together."""
+
+
+@hookimpl
+def handle_incoming(config: Any, session: Any) -> list[Any] | None:
+    """Mirror or steal the target's incoming traffic to the process's listeners."""
+    options = incoming_options(config)
+    if options is None:
+        return None
+    if options.mode == "mirror" and config.agent.pause:
+        raise IncomingConfigError(
+            "agent.pause freezes the target, so it cannot answer the traffic mirrord would "
+            'mirror: set feature.network.incoming.mode = "steal" (or pass --steal), or '
+            "turn agent.pause off"
+        )
+    return [IncomingTraffic(session, asyncio.get_running_loop(), options)]

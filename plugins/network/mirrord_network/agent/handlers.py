@@ -6,13 +6,17 @@ import socket
 
 from mirrord_core.agent.handlers import AgentContext, AgentHandlers
 from mirrord_core.protocol import Connection, RequestFailed
+from mirrord_network.agent.incoming import incoming_lifespan, subscribe
 from mirrord_network.agent.outgoing import tcp_connect, udp_connect
 from mirrord_network.agent.target_resolver import NameNotFound, ResolutionFailed, TargetResolver
+from mirrord_network.agent.unix_outgoing import unix_connect
 from mirrord_network.messages import (
+    INCOMING_SUBSCRIBE_STREAM,
     NAME_NOT_FOUND,
     NAME_UNAVAILABLE,
     TCP_CONNECT_STREAM,
     UDP_STREAM,
+    UNIX_CONNECT_STREAM,
     Addresses,
     Resolve,
 )
@@ -37,5 +41,11 @@ async def resolve(connection: Connection, request: Resolve) -> Addresses:
 
 AGENT_HANDLERS = AgentHandlers(
     requests={Resolve: resolve},
-    streams={TCP_CONNECT_STREAM: tcp_connect, UDP_STREAM: udp_connect},
+    streams={
+        TCP_CONNECT_STREAM: tcp_connect,
+        UDP_STREAM: udp_connect,
+        UNIX_CONNECT_STREAM: unix_connect,
+        INCOMING_SUBSCRIBE_STREAM: subscribe,
+    },
+    lifespans=(incoming_lifespan,),
 )
