@@ -1,0 +1,93 @@
+"""The agent container every Kubernetes agent runs: image, command line, environment.
+
+The Job and the ephemeral container differ only in how the agent finds the target
+(``--container-id`` from ``containerStatuses`` vs ``--ephemeral``: it shares the target's
+namespaces). The session token is an environment variable of the container, never an
+argument, so it does not show in the pod's command line (``ps``, ``kubectl describe``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any
+
+import attrs
+from kubernetes import client
+
+from mirrord_target.agent_image import DEFAULT_AGENT_IMAGE
+
+TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
+AGENT_LABELS = {"app": "mirrord"}
+# The agent listens in its own pod's network namespace: any port is free there. Ports below
+# the usual ephemeral range keep clear of the kernel's automatic choices.
+_PORT_RANGE = (30000, 60000)
+_NAME_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def random_suffix(length: int = 10) -> str:
+    """Lowercase letters and digits, valid in any Kubernetes name."""
+    return "".join(secrets.choice(_NAME_ALPHABET) for _ in range(length))
+
+
+@attrs.frozen(kw_only=True)
+class AgentSpec:
+    """What the agent runs with, from the ``agent`` config section."""
+
+    image: str
+    image_pull_policy: str
+    log_level: str
+    communication_timeout: float | None
+    network_interface: str | None
+    startup_timeout: float
+    ttl: int
+    namespace: str | None
+    token: str = attrs.field(factory=lambda: secrets.token_hex(32), repr=False)
+    port: int = attrs.field(
+        factory=lambda: _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
+    )
+
+    @classmethod
+    def from_config(cls, agent: Any) -> AgentSpec:
+        """The spec of ``config.agent``; ``agent.image`` unset means this release's image."""
+        return cls(
+            image=agent.image or DEFAULT_AGENT_IMAGE,
+            image_pull_policy=str(agent.image_pull_policy),
+            log_level=agent.log_level,
+            communication_timeout=None
+            if agent.communication_timeout is None
+            else float(agent.communication_timeout),
+            network_interface=agent.network_interface,
+            startup_timeout=float(agent.startup_timeout),
+            ttl=int(agent.ttl),
+            namespace=agent.namespace,
+        )
+
+    def args(self, target: list[str]) -> list[str]:
+        """The arguments of ``mirrord agent``; ``target`` selects the target process."""
+        args = ["--listen", f"0.0.0.0:{self.port}", *target, "--log-level", self.log_level]
+        if self.communication_timeout is not None:
+            args += ["--communication-timeout", f"{self.communication_timeout:g}"]
+        if self.network_interface:
+            args += ["--network-interface", self.network_interface]
+        return args
+
+    def env(self) -> list[client.V1EnvVar]:
+        return [client.V1EnvVar(name=TOKEN_ENV, value=self.token)]
+
+    def pull_policy(self) -> str | None:
+        """``None`` (the empty setting) leaves the pull policy to the cluster."""
+        return self.image_pull_policy or None
+
+
+AGENT_COMMAND = ["mirrord", "agent"]
+
+
+def privileged() -> client.V1SecurityContext:
+    """The agent enters other processes' namespaces (CAP_SYS_ADMIN, CAP_SYS_PTRACE) and
+    changes their network (CAP_NET_ADMIN): it runs privileged, as root."""
+    return client.V1SecurityContext(
+        privileged=True,
+        run_as_user=0,
+        capabilities=client.V1Capabilities(add=["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "NET_RAW"]),
+    )

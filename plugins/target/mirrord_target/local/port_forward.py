@@ -1,0 +1,152 @@
+"""Port-forwarding to the agent through the API server, as a loopback TCP listener.
+
+The session connects to ``127.0.0.1:<port>`` like to any agent; each connection accepted
+there is piped through a port-forward websocket of its own (``kubernetes.stream.
+portforward``, the ``pods/portforward`` subresource) to the agent's port in its pod.
+
+What "re-established" means: a websocket that drops ends the one connection it carried;
+the listener stays, and the next connection (a new session, the file-system mount's
+session) gets a new websocket to the same agent, which keeps serving as long as it runs.
+The protocol session on the dropped connection does not resume.
+
+The first websocket is opened by :meth:`PortForwarder.start`, so a missing permission
+(``create pods/portforward``) or an unreachable server is reported before the session
+starts, as a one-line error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+from typing import Any
+
+from kubernetes.stream import portforward
+
+from mirrord_target.local.kube_client import KubeApi
+
+log = logging.getLogger("mirrord.target")
+
+_CHUNK = 256 * 1024
+
+
+class PortForwarder:
+    """A loopback listener forwarding each connection to ``pod:port`` in ``namespace``."""
+
+    def __init__(self, api: KubeApi, pod: str, namespace: str, port: int) -> None:
+        self.api, self.pod, self.namespace, self.remote_port = api, pod, namespace, port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._spare: Any = None  # an open websocket waiting for the next connection
+        self._open: set[socket.socket] = set()
+        self._closed = False
+        self._accepter: threading.Thread | None = None
+
+    def _open_websocket(self) -> Any:
+        return self.api.call(
+            portforward,
+            self.api.core.connect_get_namespaced_pod_portforward,
+            self.pod,
+            self.namespace,
+            ports=str(self.remote_port),
+        )
+
+    def start(self) -> PortForwarder:
+        """Open the first websocket (raising a user error if that fails) and accept."""
+        try:
+            self._spare = self._open_websocket()
+        except BaseException:
+            self._listener.close()
+            raise
+        self._accepter = threading.Thread(
+            target=self._accept_loop,
+            name=f"port-forward {self.pod}:{self.remote_port}",
+            daemon=True,
+        )
+        self._accepter.start()
+        return self
+
+    def _take_websocket(self) -> Any:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.connected:
+            return spare
+        if spare is not None:
+            spare.close()
+        return self._open_websocket()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was closed
+            threading.Thread(
+                target=self._serve, args=(conn,), name="port-forward connection", daemon=True
+            ).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            forward = self._take_websocket()
+        except Exception as err:  # the client sees its connection close; say why
+            log.warning("port-forward to %s/%s failed: %s", self.namespace, self.pod, err)
+            conn.close()
+            return
+        with self._lock:
+            if self._closed:
+                forward.close()
+                conn.close()
+                return
+            self._open.add(conn)
+        try:
+            _pipe(conn, forward.socket(self.remote_port))
+        finally:
+            error = forward.error(self.remote_port)
+            if error:
+                log.warning("port-forward to %s/%s: %s", self.namespace, self.pod, error.strip())
+            with self._lock:
+                self._open.discard(conn)
+            forward.close()
+            conn.close()
+
+    def close(self) -> None:
+        """Stop accepting and end every forwarded connection."""
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+            conns = list(self._open)
+        self._listener.close()
+        # Shutting the local side down wakes each pipe, whose thread closes its websocket.
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if spare is not None:
+            with contextlib.suppress(Exception):
+                spare.close()
+        if self._accepter is not None:
+            self._accepter.join(timeout=5)
+
+
+def _pipe(local: socket.socket, remote: Any) -> None:
+    """Copy bytes both ways until either side closes."""
+    peers = {local.fileno(): remote, remote.fileno(): local}
+    with selectors.DefaultSelector() as selector:
+        selector.register(local, selectors.EVENT_READ)
+        selector.register(remote.fileno(), selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                source = local if key.fd == local.fileno() else remote
+                try:
+                    data = source.recv(_CHUNK)
+                except OSError:
+                    return
+                if not data:
+                    return
+                try:
+                    peers[key.fd].sendall(data)
+                except OSError:
+                    return
