@@ -93,11 +93,15 @@ async def relay_incoming(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await loop.sock_connect(sock, (host, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Bound first: the app may accept before this coroutine resumes after the
+        # handshake, and its accept must already find whom the relay stands for.
+        # The source address is the connect address: both are local.
+        sock.bind((host, 0))
         peers.remember(
             relay_key(sock.getsockname()), InetAddress(info.client_host, info.client_port)
         )
+        await loop.sock_connect(sock, (host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await stream.accept()
         await asyncio.gather(
             _to_app(loop, stream, sock),
