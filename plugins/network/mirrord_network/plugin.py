@@ -37,10 +37,11 @@ def register_cli_commands(commands: Any) -> None:
 
 @hookimpl
 def handle_outgoing(config: Any, session: Any) -> list[Any] | None:
-    """Outgoing TCP/UDP through the target and remote DNS (``docs/network.md``)."""
+    """Outgoing TCP/UDP and unix streams through the target, and remote DNS
+    (``docs/network.md``)."""
     network: NetworkConfig = config.feature.network
     outgoing = network.outgoing
-    if not (outgoing.tcp or outgoing.udp or network.dns):
+    if not (outgoing.tcp or outgoing.udp or network.dns or outgoing.unix_streams):
         return None
     loop = asyncio.get_running_loop()
     handlers: list[Any] = []
@@ -60,6 +61,7 @@ def handle_outgoing(config: Any, session: Any) -> list[Any] | None:
             udp=outgoing.udp,
             ignore_localhost=outgoing.ignore_localhost,
             remote_dns=network.dns,
+            unix_streams=outgoing.unix_streams,
         )
     )
     return handlers

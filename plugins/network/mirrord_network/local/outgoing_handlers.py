@@ -6,10 +6,15 @@ sockets and ``recvfrom``/``recvmsg`` of redirected sockets) and decides per dest
 - AF_INET/AF_INET6 destinations are **remote**, except loopback when ``ignore_localhost``
   is set, loopback ports that the calling process itself listens on (mirrord 3.32), and
   port 53 when remote DNS is off (names then resolve with this machine's nameservers);
-  AF_UNIX and everything else stays local. With remote DNS on, port 53 is remote even
-  when outgoing TCP/UDP are off (the resolver's queries must reach the pod's
-  nameserver), and connecting to the nscd socket fails with ENOENT, so glibc asks the
-  (target's) nameservers itself.
+  other families stay local. With remote DNS on, port 53 is remote even when outgoing
+  TCP/UDP are off (the resolver's queries must reach the pod's nameserver), and
+  connecting to the nscd socket fails with ENOENT, so glibc asks the (target's)
+  nameservers itself.
+- AF_UNIX stream sockets whose path (or abstract name, without its leading NUL) one of
+  the ``unix_streams`` regexes matches are connected in the target through a
+  ``net.unix_connect`` stream (the agent resolves the path inside the target's root);
+  the tracee's socket is connected to a unix relay in a private local directory. Other
+  unix sockets stay local.
 - For a remote TCP destination the supervisor first opens a ``net.tcp_connect`` stream
   through the session (on the event loop; the notification is answered later). If the
   target refuses or cannot reach the destination, the tracee's ``connect`` fails with the
@@ -25,7 +30,7 @@ sockets and ``recvfrom``/``recvmsg`` of redirected sockets) and decides per dest
   address on such sockets are carried out by the supervisor so that the sender reads as
   the original destination (glibc's and musl's resolvers drop answers that do not come
   from the configured nameserver).
-- ``getpeername`` of a redirected socket reports the original destination.
+- ``getpeername`` of a redirected socket reports the original destination (or path).
 
 Sockets are identified by their inode (``/proc/PID/fd/N`` → ``socket:[ino]``), which the
 kernel never reuses while the socket lives, so fd reuse cannot confuse the tables.
@@ -39,10 +44,11 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import socket
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import attrs
@@ -55,13 +61,15 @@ from mirrord_core.interception import (
     TraceeMemoryError,
     Value,
 )
+from mirrord_core.protocol import Stream
 from mirrord_core.session import Session, SessionError
 from mirrord_network.local.relays import TcpRelay, UdpRelay
-from mirrord_network.local.remote_network import RemoteDatagrams, connect_tcp
+from mirrord_network.local.remote_network import RemoteDatagrams, connect_tcp, connect_unix
 from mirrord_network.local.sockaddr import (
     MAX_SOCKADDR,
     InetAddress,
     encode_inet,
+    encode_unix,
     family_of,
     pack_u32,
     parse_inet,
@@ -69,6 +77,7 @@ from mirrord_network.local.sockaddr import (
     python_address,
     read_u32,
 )
+from mirrord_network.local.unix_relay import RelayDirectory, UnixStreamRelay
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +94,26 @@ _TCP_LISTEN = "0A"
 class Redirected:
     """A tracee socket that the supervisor connected to a relay."""
 
-    original: InetAddress
-    family: int
-    #: The UDP relay a connected UDP socket sends to (``None`` for TCP).
+    #: The original destination as a sockaddr, as ``getpeername`` reports it.
+    peer: bytes
+    #: The UDP relay a connected UDP socket sends to (``None`` for streams).
     relay: UdpRelay | None = None
+
+
+@attrs.frozen
+class _StreamPlan:
+    """How one remote stream connection (TCP or unix) is made and relayed."""
+
+    description: str
+    #: Opens the stream in the target (``OSError`` carries connect's errno).
+    open: Callable[[], Awaitable[Stream]]
+    relay: Callable[[Stream], TcpRelay]
+    #: Where the tracee's socket connects to reach the relay.
+    relay_address: Callable[[Any], Any]
+    #: The sockaddr ``getpeername`` reports.
+    peer: bytes
+    #: The errno of a lost session.
+    unreachable: int
 
 
 def socket_inode(pid: int, fd: int) -> int | None:
@@ -175,6 +200,20 @@ def _is_nonblocking(sock: socket.socket) -> bool:
     return bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
 
 
+def compile_unix_streams(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex searching for any of ``patterns`` (``None`` when there are none)."""
+    patterns = list(patterns)
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+
+
+def unix_stream_name(path: bytes) -> str:
+    """What the ``unix_streams`` regexes are matched against, as mirrord does: the path,
+    or an abstract name without its leading NUL, non-UTF-8 bytes replaced."""
+    return (path[1:] if path[:1] == b"\0" else path).decode("utf-8", "replace")
+
+
 class OutgoingTraffic:
     """The syscall handler of outgoing TCP and UDP (one per ``mirrord run``)."""
 
@@ -187,6 +226,7 @@ class OutgoingTraffic:
         udp: bool = True,
         ignore_localhost: bool = False,
         remote_dns: bool = True,
+        unix_streams: Iterable[str] = (),
     ) -> None:
         self.session = session
         self.loop = loop
@@ -195,8 +235,10 @@ class OutgoingTraffic:
         self.ignore_localhost = ignore_localhost
         #: With remote DNS, the nscd socket is refused; without, port 53 stays local.
         self.remote_dns = remote_dns
+        #: Unix socket paths connected in the target (``None``: all stay local).
+        self.unix_streams = compile_unix_streams(unix_streams)
         names = {"connect"}
-        if tcp or udp or remote_dns:
+        if tcp or udp or remote_dns or self.unix_streams is not None:
             names.add("getpeername")
         if udp or remote_dns:
             names |= {"sendto", "sendmsg", "recvfrom", "recvmsg"}
@@ -212,6 +254,7 @@ class OutgoingTraffic:
         self._udp_sockets: set[int] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._relays: set[UdpRelay] = set()
+        self._unix_relays = RelayDirectory()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -270,6 +313,8 @@ class OutgoingTraffic:
             path = parse_unix_path(data)
             if self.remote_dns and path in NSCD_SOCKETS:
                 return Errno(errno.ENOENT)
+            if path and self.unix_streams and self.unix_streams.search(unix_stream_name(path)):
+                return self._connect_remote_unix(notification, fd, path)
             return None
         if family not in (socket.AF_INET, socket.AF_INET6):
             return None
@@ -302,32 +347,77 @@ class OutgoingTraffic:
     async def _connect_tcp(
         self, notification: Notification, duplicate: socket.socket, destination: InetAddress
     ) -> None:
+        relay_family = (
+            socket.AF_INET6
+            if duplicate.family == socket.AF_INET6 and ":" in destination.host
+            else socket.AF_INET
+        )
+        await self._connect_stream(
+            notification,
+            duplicate,
+            _StreamPlan(
+                description=str(destination),
+                open=lambda: connect_tcp(self.session, destination.host, destination.port),
+                relay=lambda stream: TcpRelay(stream, relay_family),
+                relay_address=lambda relay: python_address(
+                    InetAddress(*relay.address), duplicate.family
+                ),
+                peer=encode_inet(destination, duplicate.family),
+                unreachable=errno.ENETUNREACH,
+            ),
+        )
+
+    def _connect_remote_unix(
+        self, notification: Notification, fd: int, path: bytes
+    ) -> Answer | None:
+        duplicate = duplicate_socket(notification, fd)
+        if duplicate is None:
+            return None
+        if duplicate.type != socket.SOCK_STREAM:
+            duplicate.close()  # datagram and seqpacket unix sockets stay local (mirrord)
+            return None
+        abstract = path[:1] == b"\0"
+        plan = _StreamPlan(
+            description=f"unix socket {path!r}",
+            open=lambda: connect_unix(
+                self.session, path[1:] if abstract else path, abstract=abstract
+            ),
+            relay=lambda stream: UnixStreamRelay(stream, self._unix_relays.new_path()),
+            relay_address=lambda relay: relay.path,
+            peer=encode_unix(path),
+            unreachable=errno.ECONNREFUSED,
+        )
+        self._submit(self._connect_stream(notification, duplicate, plan), notification)
+        return DEFERRED
+
+    async def _connect_stream(
+        self, notification: Notification, duplicate: socket.socket, plan: _StreamPlan
+    ) -> None:
+        """Open the stream in the target, connect the tracee's socket to a relay of it,
+        answer the ``connect``, then pipe until the connection ends."""
         with duplicate:
             try:
-                stream = await connect_tcp(self.session, destination.host, destination.port)
+                stream = await plan.open()
             except OSError as error:
-                log.debug("connect to %s in the target failed: %s", destination, error)
+                log.debug("connect to %s in the target failed: %s", plan.description, error)
                 notification.respond_errno(error.errno or errno.ECONNREFUSED)
                 return
             except SessionError as error:
-                log.warning("connect to %s: %s", destination, error)
-                notification.respond_errno(errno.ENETUNREACH)
+                log.warning("connect to %s: %s", plan.description, error)
+                notification.respond_errno(plan.unreachable)
                 return
-            relay_family = (
-                socket.AF_INET6
-                if duplicate.family == socket.AF_INET6 and ":" in destination.host
-                else socket.AF_INET
-            )
             try:
-                relay = TcpRelay(stream, relay_family)
+                relay = plan.relay(stream)
             except OSError as error:
                 await stream.close()
-                notification.respond_errno(error.errno or errno.ENETUNREACH)
+                notification.respond_errno(error.errno or plan.unreachable)
                 return
             inode = socket_inode(notification.pid, notification.args[0])
-            result = duplicate.connect_ex(
-                python_address(InetAddress(*relay.address), duplicate.family)
-            )
+            # A unix connect to a listener with room in its backlog completes at once,
+            # blocking socket or not; a non-blocking TCP one may answer EINPROGRESS.
+            result = duplicate.connect_ex(plan.relay_address(relay))
+            if isinstance(relay, UnixStreamRelay):
+                relay.unlink()  # connected (or failed): nobody else may use the path
             if result not in (0, errno.EINPROGRESS):
                 relay.listener.close()
                 await stream.close()
@@ -335,7 +425,7 @@ class OutgoingTraffic:
                 return
             if inode is not None:
                 with self._lock:
-                    self._redirected[inode] = Redirected(destination, duplicate.family)
+                    self._redirected[inode] = Redirected(plan.peer)
             if result == 0:
                 notification.respond_value(0)
             else:
@@ -370,7 +460,8 @@ class OutgoingTraffic:
                 return
             if inode is not None:
                 with self._lock:
-                    self._redirected[inode] = Redirected(destination, duplicate.family, relay)
+                    peer = encode_inet(destination, duplicate.family)
+                    self._redirected[inode] = Redirected(peer, relay)
                     self._udp_sockets.add(inode)
             notification.respond_value(0)
 
@@ -424,8 +515,7 @@ class OutgoingTraffic:
             redirected = self._redirected.get(inode) if inode is not None else None
         if redirected is None:
             return None
-        encoded = encode_inet(redirected.original, redirected.family)
-        self._write_address(notification, encoded, pointer, length_pointer)
+        self._write_address(notification, redirected.peer, pointer, length_pointer)
         return Value(0)
 
     @staticmethod
@@ -683,6 +773,7 @@ class OutgoingTraffic:
     def close(self) -> None:
         """Stop every relay (called after the command ended, from any thread)."""
         self._closed = True
+        self._unix_relays.remove()
 
         def cancel_all() -> None:
             for task in list(self._tasks):

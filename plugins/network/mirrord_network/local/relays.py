@@ -65,7 +65,8 @@ class TcpRelay:
             connection.setblocking(False)
             # The relay forwards each write as it arrives; Nagle would hold a response's
             # second write back until the tracee's delayed ACK (tens of milliseconds).
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if connection.family != socket.AF_UNIX:
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await asyncio.gather(
                 self._upstream(loop, connection),
                 self._downstream(loop, connection),

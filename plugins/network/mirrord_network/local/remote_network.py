@@ -13,10 +13,12 @@ from mirrord_network.messages import (
     NAME_NOT_FOUND,
     TCP_CONNECT_STREAM,
     UDP_STREAM,
+    UNIX_CONNECT_STREAM,
     Addresses,
     Resolve,
     TcpConnect,
     UdpConnect,
+    UnixConnect,
 )
 
 _LENGTH = struct.Struct(">H")
@@ -39,6 +41,12 @@ async def resolve(session: Session, name: str, family: int = socket.AF_UNSPEC) -
 async def connect_tcp(session: Session, host: str, port: int) -> Stream:
     """A byte stream to ``host:port`` connected from the target (``OSError`` as connect's)."""
     return await session.open_stream(TCP_CONNECT_STREAM, TcpConnect(host=host, port=port))
+
+
+async def connect_unix(session: Session, path: bytes, *, abstract: bool = False) -> Stream:
+    """A byte stream to the unix stream socket ``path`` of the target (a file inside its
+    root, or with ``abstract`` a name in its network namespace); ``OSError`` as connect's."""
+    return await session.open_stream(UNIX_CONNECT_STREAM, UnixConnect(path=path, abstract=abstract))
 
 
 class RemoteDatagrams:

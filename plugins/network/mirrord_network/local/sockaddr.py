@@ -69,6 +69,13 @@ def parse_unix_path(data: bytes) -> bytes | None:
     return path.split(b"\0", 1)[0]
 
 
+def encode_unix(path: bytes) -> bytes:
+    """A sockaddr_un for ``path`` as ``getpeername`` reports it: a pathname with its
+    terminating NUL, an abstract name (leading NUL) exactly as long as it is."""
+    terminator = b"" if path[:1] == b"\0" else b"\0"
+    return _FAMILY.pack(socket.AF_UNIX) + path + terminator
+
+
 def encode_inet(address: InetAddress, family: int) -> bytes:
     """``address`` as a sockaddr of ``family`` (IPv4 in an AF_INET6 socket is mapped)."""
     port = address.port.to_bytes(2, "big")
