@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import attrs
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -25,6 +24,7 @@ from mirrord_target.local.agent_spec import (
     AGENT_COMMAND,
     AGENT_LABELS,
     AgentSpec,
+    StartedAgent,
     privileged,
     random_suffix,
 )
@@ -70,23 +70,6 @@ def job_manifest(spec: AgentSpec, target: ResolvedTarget, name: str) -> client.V
             ),
         ),
     )
-
-
-@attrs.define
-class JobAgent:
-    """A running agent Job: its pod answers on ``port``; :meth:`release` deletes it."""
-
-    api: KubeApi
-    name: str
-    namespace: str
-    pod: str
-    port: int
-
-    def describe(self) -> str:
-        return f"job {self.name} (pod {self.pod}, namespace {self.namespace})"
-
-    def release(self) -> None:
-        delete_job(self.api, self.name, self.namespace)
 
 
 def delete_job(api: KubeApi, name: str, namespace: str) -> None:
@@ -136,7 +119,7 @@ class _JobWatch(AgentWatch):
 
 def start_job_agent(
     api: KubeApi, spec: AgentSpec, target: ResolvedTarget, progress: Progress
-) -> JobAgent:
+) -> StartedAgent:
     """Create the agent Job for ``target`` and wait until the agent is ready."""
     name = f"mirrord-agent-{random_suffix()}"
     namespace = str(spec.namespace or target.namespace)
@@ -156,4 +139,10 @@ def start_job_agent(
         delete_job(api, name, namespace)
         raise
     # The agent listens where it was told to (its ready line repeats spec.port).
-    return JobAgent(api=api, name=name, namespace=namespace, pod=pod.metadata.name, port=spec.port)
+    return StartedAgent(
+        what=f"job {name}",
+        namespace=namespace,
+        pod=pod.metadata.name,
+        port=spec.port,
+        release=lambda: delete_job(api, name, namespace),
+    )

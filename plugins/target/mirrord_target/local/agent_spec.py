@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -81,6 +82,24 @@ class AgentSpec:
 
 
 AGENT_COMMAND = ["mirrord", "agent"]
+
+
+@attrs.frozen(kw_only=True)
+class StartedAgent:
+    """An agent that runs in the cluster and listens on ``pod:port`` in ``namespace``.
+
+    ``what`` names it for the user (``job mirrord-agent-…``); ``release`` removes what
+    was created for it, once the session is over.
+    """
+
+    what: str
+    namespace: str
+    pod: str
+    port: int
+    release: Callable[[], None] = attrs.field(default=lambda: None, repr=False)
+
+    def describe(self) -> str:
+        return f"{self.what} (pod {self.pod}, namespace {self.namespace})"
 
 
 def privileged() -> client.V1SecurityContext:

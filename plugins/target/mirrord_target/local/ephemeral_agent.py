@@ -9,13 +9,18 @@ exits by itself when its clients are gone (``agent.communication_timeout``).
 
 from __future__ import annotations
 
-import attrs
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from mirrord_core.target_model import ResolvedTarget
 from mirrord_target.local.agent_readiness import AgentStartError, AgentWatch
-from mirrord_target.local.agent_spec import AGENT_COMMAND, AgentSpec, privileged, random_suffix
+from mirrord_target.local.agent_spec import (
+    AGENT_COMMAND,
+    AgentSpec,
+    StartedAgent,
+    privileged,
+    random_suffix,
+)
 from mirrord_target.local.kube_client import KubeApi
 from mirrord_target.local.progress import Progress
 
@@ -38,22 +43,6 @@ def ephemeral_container(
         security_context=privileged(),
         target_container_name=target.container,
     )
-
-
-@attrs.define
-class EphemeralAgent:
-    """An agent in an ephemeral container of ``pod``; it cannot be removed, only left."""
-
-    name: str
-    namespace: str
-    pod: str
-    port: int
-
-    def describe(self) -> str:
-        return f"ephemeral container {self.name} (pod {self.pod}, namespace {self.namespace})"
-
-    def release(self) -> None:
-        """Nothing to delete: the agent exits once no client is connected."""
 
 
 class _EphemeralWatch(AgentWatch):
@@ -85,7 +74,7 @@ class _EphemeralWatch(AgentWatch):
 
 def start_ephemeral_agent(
     api: KubeApi, spec: AgentSpec, target: ResolvedTarget, progress: Progress
-) -> EphemeralAgent:
+) -> StartedAgent:
     """Add the agent to the target pod and wait until it is ready."""
     name = f"mirrord-agent-{random_suffix()}"
     progress.step(f"adding ephemeral container {name} to pod {target.pod}")
@@ -113,6 +102,11 @@ def start_ephemeral_agent(
             ) from None
         raise
     _EphemeralWatch(api, spec, name, target, progress).wait()
-    return EphemeralAgent(
-        name=name, namespace=str(target.namespace), pod=str(target.pod), port=spec.port
+    # Kubernetes cannot remove an ephemeral container: nothing to release; the agent
+    # exits once no client is connected.
+    return StartedAgent(
+        what=f"ephemeral container {name}",
+        namespace=str(target.namespace),
+        pod=str(target.pod),
+        port=spec.port,
     )

@@ -13,13 +13,13 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from mirrord_core.target_model import AgentEndpoint, ResolvedTarget
 from mirrord_target.local.agent_job import start_job_agent
-from mirrord_target.local.agent_spec import TOKEN_ENV, AgentSpec
+from mirrord_target.local.agent_spec import TOKEN_ENV, AgentSpec, StartedAgent
 from mirrord_target.local.ephemeral_agent import start_ephemeral_agent
 from mirrord_target.local.kube_client import KubeApi, connect_kube
 from mirrord_target.local.kube_errors import KubeApiError, status_message
@@ -33,15 +33,6 @@ log = logging.getLogger("mirrord.target")
 KUBE_KINDS = frozenset({"pod", "deployment", "container"})
 # The pseudo target of a session with an agent that already runs (connect_agent_name).
 RUNNING_AGENT_KIND = "agent"
-
-
-class _Agent(Protocol):
-    namespace: str
-    pod: str
-    port: int
-
-    def describe(self) -> str: ...
-    def release(self) -> None: ...
 
 
 def connect_from_config(config: Any) -> KubeApi:
@@ -100,7 +91,7 @@ def running_agent_target(config: Any) -> ResolvedTarget:
 
 
 def _endpoint(
-    forwarder: PortForwarder, token: str, agent: _Agent | None, api: KubeApi
+    forwarder: PortForwarder, token: str, agent: StartedAgent | None, api: KubeApi
 ) -> AgentEndpoint:
     def release() -> None:
         forwarder.close()
@@ -114,7 +105,7 @@ def _endpoint(
 def spawn_kube_agent(config: Any, target: ResolvedTarget) -> AgentEndpoint:
     """Start an agent for ``target``, port-forward to it, return the local endpoint."""
     api = connect_from_config(config)
-    agent: _Agent | None = None
+    agent: StartedAgent | None = None
     try:
         if config.operator:
             check_operator(api)

@@ -17,11 +17,16 @@ from typing import Any, TypeVar
 
 import attrs
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from mirrord_target.local.kube_errors import KubeConfigError, translate_api_error
+from mirrord_target.local.kube_errors import (
+    KubeConfigError,
+    normalize_api_error,
+    translate_api_error,
+)
 
 T = TypeVar("T")
 
@@ -64,9 +69,12 @@ class KubeApi:
             return method(*args, **kwargs)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
             translated = translate_api_error(self.server, err)
-            if translated is None:
+            if translated is not None:
+                raise translated from None
+            normalized = normalize_api_error(err)
+            if normalized is err:
                 raise
-            raise translated from None
+            raise normalized from None
 
     def close(self) -> None:
         """Release the client's connection pool."""
@@ -91,6 +99,20 @@ def _kubeconfig_files(explicit: str | None, environ: dict[str, str]) -> tuple[li
         return existing, "KUBECONFIG"
     default = os.path.expanduser("~/.kube/config")
     return ([default], default) if os.path.isfile(default) else ([], "")
+
+
+def _first_current_context(files: list[str]) -> str | None:
+    """The current context as kubectl merges KUBECONFIG: the first file that sets it
+    wins (the client's own merge would take the last one)."""
+    for path in files:
+        try:
+            with open(path) as file:
+                document = yaml.safe_load(file)
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(document, dict) and document.get("current-context"):
+            return str(document["current-context"])
+    return None
 
 
 def _in_cluster(configuration: client.Configuration) -> str:
@@ -118,12 +140,17 @@ def connect_kube(
     files, source = _kubeconfig_files(kubeconfig, environ)
     if files:
         joined = os.pathsep.join(files)
+        context = _first_current_context(files)
         try:
             # persist_config=False: refreshed credentials are never written back.
             config.load_kube_config(
-                config_file=joined, client_configuration=configuration, persist_config=False
+                config_file=joined,
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
             )
-            _contexts, current = config.list_kube_config_contexts(config_file=joined)
+            contexts, current = config.list_kube_config_contexts(config_file=joined)
+            current = next((c for c in contexts if c.get("name") == context), current)
         except (ConfigException, OSError, ValueError, TypeError, KeyError) as err:
             raise KubeConfigError(
                 f"cannot use the kubeconfig {source}: {err}; {_CONTEXT_HINT}"

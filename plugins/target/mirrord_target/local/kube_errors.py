@@ -132,17 +132,20 @@ def _tls_error(server: str, detail: str) -> KubeUnreachable:
     )
 
 
-def _handshake_error(server: str, reason: str) -> KubeApiError | None:
-    """Map a refused websocket upgrade (port-forward) like the HTTP error it carries."""
+def normalize_api_error(err: BaseException) -> BaseException:
+    """A refused websocket upgrade (port-forward) as the HTTP error it carries; other
+    errors as they are. The client reports the upgrade as ``ApiException(status=0)``."""
+    if not isinstance(err, ApiException) or err.status not in (0, None):
+        return err
+    reason = str(err.reason or "")
     found = _HANDSHAKE_STATUS.search(reason)
     if found is None:
-        return None
-    status = int(found["status"])
-    # The websocket library appends the response body after its headers.
-    body_start = reason.find("{")
-    body = reason[body_start : reason.rfind("}") + 1] if body_start >= 0 else ""
-    wrapped = ApiException(status=status, reason=reason[found.end() :].strip() or None, body=body)
-    return translate_api_error(server, wrapped)
+        return err
+    # websocket-client words it "Handshake status 403 Forbidden -+-+- {headers} -+-+- body".
+    parts = reason.split(" -+-+- ")
+    body = parts[-1] if len(parts) >= 3 else ""
+    status_text = parts[0][found.end() :].strip()
+    return ApiException(status=int(found["status"]), reason=status_text or None, body=body)
 
 
 def translate_api_error(server: str, err: BaseException) -> KubeApiError | None:
@@ -151,6 +154,7 @@ def translate_api_error(server: str, err: BaseException) -> KubeApiError | None:
     Callers handle the statuses whose meaning depends on the request (404 above all)
     before asking here; what is left is about credentials, permissions and reachability.
     """
+    err = normalize_api_error(err)
     if isinstance(err, urllib3.exceptions.SSLError | ssl.SSLError):
         return _tls_error(server, str(err))
     if isinstance(
@@ -170,9 +174,6 @@ def translate_api_error(server: str, err: BaseException) -> KubeApiError | None:
         reason = str(err.reason or "")
         if reason.startswith("SSLError") or "CERTIFICATE_VERIFY_FAILED" in reason:
             return _tls_error(server, reason.splitlines()[-1])
-        handshake = _handshake_error(server, reason)
-        if handshake is not None:
-            return handshake
         return KubeUnreachable(
             f"cannot reach the Kubernetes API server at {server}: {reason}; {KUBECONFIG_HINT}"
         )

@@ -143,7 +143,7 @@ def _target_of(
     )
 
 
-def _usable(pods: Iterable[client.V1Pod], container: str | None) -> list[client.V1Pod]:
+def running_pods(pods: Iterable[client.V1Pod], container: str | None) -> list[client.V1Pod]:
     """The pods whose target container runs, ready ones first, then by name."""
     usable = []
     for pod in pods:
@@ -194,7 +194,7 @@ def _pod_of_deployment(
         )
     selector = label_selector(deployment.spec.selector if deployment.spec else None)
     pods = api.call(api.core.list_namespaced_pod, namespace, label_selector=selector).items
-    chosen = _usable(pods, container)
+    chosen = running_pods(pods, container)
     if chosen:
         return chosen[0]
     found = f" (its pods: {_describe_pods(pods)})" if pods else " (it has no pods)"
@@ -214,7 +214,7 @@ def _pod_with_container(api: KubeApi, container: str, namespace: str) -> client.
             f"no pod in namespace {namespace} has a container named {container}; "
             f"{_list_hint(namespace)}"
         )
-    chosen = _usable(having, container)
+    chosen = running_pods(having, container)
     if not chosen:
         raise KubeTargetError(
             f"no pod in namespace {namespace} runs a container named {container} "
