@@ -42,7 +42,8 @@ pip_install() {
     fi
 }
 pip_install --upgrade pip setuptools
-extras=""
-((with_tests)) && extras="[test]"
+# `sandbox`: the emulated Kubernetes API of `mirrord sandbox up`.
+extras="[sandbox]"
+((with_tests)) && extras="[sandbox,test]"
 pip_install -e ".${extras}" -e plugins/fs -e plugins/env -e plugins/network -e plugins/target
 echo "mirrord installed in $(pwd)/.venv (run: .venv/bin/mirrord --help)"
