@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from network_run_helpers import RunCli, mirrord_run, tool
+from static_go import build_static_go
 
 from mirrord_core.sandbox import Sandbox
 from mirrord_core.sandbox.demo import demo_pods
@@ -207,15 +208,7 @@ def sandbox(host_socket: LocalServer) -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A static Go binary (``CGO_ENABLED=0``) that speaks HTTP/1.0 over a unix socket."""
-    go = tool("go", "golang-go")
-    directory = tmp_path_factory.mktemp("go-unix-client")
-    (directory / "main.go").write_text(GO_UNIX_CLIENT)
-    (directory / "go.mod").write_text("module example.com/unixprobe\n\ngo 1.19\n")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
-    subprocess.run(
-        [go, "build", "-o", "probe", "."], cwd=directory, env=env, check=True, timeout=300
-    )
-    return directory / "probe"
+    return build_static_go(tmp_path_factory.mktemp("go-unix-client"), GO_UNIX_CLIENT, "probe")
 
 
 def _config(tmp_path: Path, *patterns: str) -> str:

@@ -12,7 +12,9 @@ the handler makes the path absolute (:mod:`mirrord_fs.local.tracee_paths`) and a
   ``mmap``, ``fstat`` and ``getdents`` then run natively against FUSE; the stat family
   writes the kernel's own ``struct stat``/``struct statx`` into the tracee's buffer;
   ``readlink`` answers the link's target as stored in the target; changes (``mkdir``,
-  ``unlink``, ``rename``, ``truncate``, ``chmod``, ``utimensat`` …) are made on the mount.
+  ``unlink``, ``rename``, ``truncate``, ``chmod``, ``utimensat`` …) are made on the mount;
+  ``chdir`` moves the process into the directory on the mount (with ptrace:
+  :mod:`mirrord_fs.local.tracee_chdir`), and ``getcwd`` there reports the target's path.
 
 Every path is resolved inside the mount with ``openat2(RESOLVE_IN_ROOT)`` on a descriptor
 of the mount's root, so neither ``..`` nor a symlink leaves the target's root. The mount
@@ -50,6 +52,7 @@ from mirrord_core.linux.openat2 import open_in_root
 from mirrord_core.session import Session
 from mirrord_fs.local.path_policy import Decision, PathPolicy
 from mirrord_fs.local.remote_mount import RemoteMount
+from mirrord_fs.local.tracee_chdir import change_directory
 from mirrord_fs.local.tracee_paths import (
     AT_EACCESS,
     AT_EMPTY_PATH,
@@ -58,6 +61,7 @@ from mirrord_fs.local.tracee_paths import (
     AT_STATX_SYNC_TYPE,
     AT_SYMLINK_NOFOLLOW,
     TraceePath,
+    base_directory,
     resolve,
     signed32,
     signed64,
@@ -82,6 +86,8 @@ READ_SYSCALLS = frozenset(
         "faccessat2",
         "readlink",
         "readlinkat",
+        "chdir",
+        "getcwd",
     }
 )
 #: Syscalls that change files: remote in ``write`` mode (or for ``read_write`` patterns),
@@ -187,6 +193,8 @@ class RemoteFsHandler:
             "faccessat2": self._access,
             "readlink": self._readlink,
             "readlinkat": self._readlink,
+            "chdir": self._chdir,
+            "getcwd": self._getcwd,
             "mkdir": self._mkdir,
             "mkdirat": self._mkdir,
             "unlink": self._unlink,
@@ -470,6 +478,39 @@ class RemoteFsHandler:
 
         return self._remote_read(notification, dirfd, address, job)
 
+    # -- working directory ---------------------------------------------------------------------
+
+    def _chdir(self, notification: Notification) -> Answer:
+        """A remote directory becomes the working directory as its directory on the mount:
+        the tracee itself calls ``fchdir`` on a confined descriptor of it (ptrace)."""
+
+        def job(target: TraceePath) -> Job:
+            def run(root: int) -> Answer:
+                # Not O_PATH: SECCOMP_IOCTL_NOTIF_ADDFD refuses those (EBADF).
+                directory = open_in_root(
+                    root, _relative(target.in_target), os.O_RDONLY | os.O_DIRECTORY
+                )
+                return _ChangeDirectory(directory)
+
+            return run
+
+        return self._remote_read(notification, AT_FDCWD, notification.args[0], job)
+
+    def _getcwd(self, notification: Notification) -> Answer:
+        """A working directory on the mount reads as the target's path."""
+        prefix = self._mount_prefix
+        if prefix is None:
+            return CONTINUE
+        cwd = base_directory(notification.pid, AT_FDCWD)
+        if cwd is None or not (cwd == prefix or cwd.startswith(prefix + "/")):
+            return CONTINUE  # local, or removed (the kernel answers ENOENT)
+        path = os.fsencode(cwd[len(prefix) :] or "/") + b"\0"
+        buffer, size = notification.args[0], notification.args[1]
+        if size < len(path):
+            return Errno(errno.ERANGE)
+        notification.write_memory(buffer, path)
+        return Value(len(path))
+
     # -- changes -----------------------------------------------------------------------------
 
     def _remote_write(
@@ -673,6 +714,32 @@ def _open_path(root: int, target: TraceePath, *, nofollow: bool) -> int:
     """An ``O_PATH`` descriptor of ``target`` inside the mount's root."""
     flags = os.O_PATH | (os.O_NOFOLLOW if nofollow else 0)
     return open_in_root(root, _relative(target.in_target), flags)
+
+
+class _ChangeDirectory(Answer):
+    """Answers a ``chdir`` by moving the tracee into ``directory`` (then closed)."""
+
+    def __init__(self, directory: int) -> None:
+        self.directory = directory
+
+    def deliver(self, notification: Notification) -> bool:
+        try:
+            return change_directory(notification, self.directory)
+        except OSError as error:
+            _warn_no_chdir(error.strerror or str(error))
+            return notification.respond_errno(error.errno or errno.EPERM)
+        finally:
+            os.close(self.directory)
+
+
+@functools.cache
+def _warn_no_chdir(reason: str) -> None:
+    """Once per reason: why ``chdir`` into the target's files fails."""
+    log.warning(
+        "cannot change the working directory into the target's files: %s "
+        "(it needs ptrace access to the process: no other debugger, Yama ptrace_scope ≤ 1)",
+        reason,
+    )
 
 
 class _Parent:
