@@ -18,7 +18,8 @@ itself, with ptrace, while it is still inside its trapped ``chdir``:
    exit stops.
 4. The saved registers are restored with ``fchdir``'s result as the ``chdir``'s result
    (and no syscall restart), and the thread is detached. Signals that arrived meanwhile
-   were held back at their delivery stops and are sent again (``tgkill``; a signal's
+   were held back at their delivery stops; they are sent again (``tgkill``) just before
+   the detach, so they reach the thread before its program runs on (a signal's
    ``siginfo`` is then the supervisor's).
 
 The working directory then really is the directory on the mount: children inherit it,
@@ -58,6 +59,8 @@ PTRACE_CONT = 7
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_O_TRACESYSGOOD = 1
+#: A supervisor dying half-way kills the thread rather than leave it with our registers.
+PTRACE_O_EXITKILL = 0x100000
 PTRACE_EVENT_STOP = 128
 #: ``si_status`` of a syscall stop with ``PTRACE_O_TRACESYSGOOD``.
 _SYSCALL_STOP = signal.SIGTRAP | 0x80
@@ -152,7 +155,7 @@ class _Tracer:
         self.attached = False
 
     def seize(self) -> None:
-        _ptrace(PTRACE_SEIZE, self.tid, 0, PTRACE_O_TRACESYSGOOD)
+        _ptrace(PTRACE_SEIZE, self.tid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
         self.attached = True
 
     def interrupt(self) -> None:
@@ -298,5 +301,7 @@ def _finish(
             saved.rax = -errno.EIO & _U64
             saved.orig_rax = _U64
             tracer.set_registers(saved)
-    tracer.detach()
+    # Sent while the thread is still stopped, they are pending when it resumes and reach
+    # it before it returns to its program, as they would have.
     tracer.send_held_signals()
+    tracer.detach()
