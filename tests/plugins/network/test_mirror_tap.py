@@ -54,12 +54,15 @@ class Pods:
         self.api_ip = sb.pod("api").ip
         self._api_sockets = api_sockets
 
-    async def connect(self, port: int) -> Client:
+    async def connect(self, port: int, source_port: int = 0) -> Client:
         """A connection from the api pod to web's ``port``."""
         loop = asyncio.get_running_loop()
         sock = await loop.run_in_executor(self._api_sockets, socket.socket)
         sock.setblocking(False)
         try:
+            if source_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("0.0.0.0", source_port))
             await loop.sock_connect(sock, (self.web_ip, port))
         except BaseException:
             sock.close()
@@ -140,6 +143,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.results: dict[MirroredConnection, bytes] = {}
+        self.partial: dict[MirroredConnection, bytearray] = {}
         self.announced: list[MirroredConnection] = []
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,11 +156,18 @@ class Recorder:
         self._changed.set()
 
     async def _drain(self, connection: MirroredConnection) -> None:
-        received = bytearray()
+        received = self.partial[connection] = bytearray()
         while chunk := await connection.read():
             received += chunk
+            self._changed.set()
         self.results[connection] = bytes(received)
         self._changed.set()
+
+    async def wait_bytes(self, count: int) -> None:
+        """Until ``count`` bytes have been read, over all connections."""
+        while sum(map(len, self.partial.values())) < count:
+            self._changed.clear()
+            await self._changed.wait()
 
     async def wait(self, count: int) -> dict[MirroredConnection, bytes]:
         """Until ``count`` connections have ended."""
@@ -345,6 +356,53 @@ def test_reset_connection(sandbox: Sandbox) -> None:
             ((connection, data),) = (await recorder.wait(1)).items()
             assert connection.reset and connection.end_reason is MirrorEnd.RESET
             assert data == upload_request(b"then a reset")
+
+    run_in_web(sandbox, scenario)
+
+
+def test_a_late_subscriber_joins_an_open_connection_at_its_next_bytes(sandbox: Sandbox) -> None:
+    async def scenario(pods: Pods) -> None:
+        async with mirroring() as (tap, early):
+            client = await pods.connect(UPLOAD_PORT)
+            await post(client, b"seen by the early subscriber only")
+            await early.wait_bytes(len(upload_request(b"seen by the early subscriber only")))
+            late = Recorder()
+            tap.subscribe(UPLOAD_PORT, late)
+            await post(client, b"seen by both")
+            await finish(client)
+            ((_, early_data),) = (await early.wait(1)).items()
+            ((_, late_data),) = (await late.wait(1)).items()
+            assert early_data == (
+                upload_request(b"seen by the early subscriber only")
+                + upload_request(b"seen by both")
+            )
+            assert late_data == upload_request(b"seen by both")
+
+    run_in_web(sandbox, scenario)
+
+
+def test_a_client_reusing_its_port_is_a_new_connection(sandbox: Sandbox) -> None:
+    """A reset connection, then a new one from the same address and port: its SYN (a new
+    initial sequence number) replaces the ended connection's state."""
+
+    async def scenario(pods: Pods) -> None:
+        async with mirroring() as (_, recorder):
+            first = await pods.connect(UPLOAD_PORT)
+            source_port = client_port(first)
+            await post(first, b"first life")
+            sock = first[1].get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            first[1].close()
+            await recorder.wait(1)
+            second = await pods.connect(UPLOAD_PORT, source_port=source_port)
+            assert client_port(second) == source_port
+            await post(second, b"second life")
+            await finish(second)
+            results = await recorder.wait(2)
+            assert [(c.client[1], c.end_reason, data) for c, data in results.items()] == [
+                (source_port, MirrorEnd.RESET, upload_request(b"first life")),
+                (source_port, MirrorEnd.FIN, upload_request(b"second life")),
+            ]
 
     run_in_web(sandbox, scenario)
 

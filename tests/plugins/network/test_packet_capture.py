@@ -7,8 +7,11 @@ as it decides for frames reaching the ``AF_PACKET`` socket.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -239,6 +242,28 @@ def test_many_ports_fall_back_to_every_tcp_segment() -> None:
     all_ports = tcp_filter(range(10000, 10000 + MAX_FILTERED_PORTS), 14)
     assert passes(all_ports, [ethernet(ipv4(segment_bytes(dport=10099)), 0x0800)]) == [True]
     assert passes(all_ports, [ethernet(ipv4(segment_bytes(dport=10100)), 0x0800)]) == [False]
+
+
+def test_capturing_without_cap_net_raw_is_a_clear_error() -> None:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed for this test"
+    code = (
+        "from mirrord_network.agent.packet_capture import CaptureError, PacketCapture\n"
+        "try:\n"
+        "    PacketCapture('lo')\n"
+        "except CaptureError as error:\n"
+        "    print(error)\n"
+    )
+    # Still root, but CAP_NET_RAW is gone from the bounding set, so the child lacks it.
+    without_net_raw = ["--bounding-set=-net_raw", "--inh-caps=-net_raw"]
+    result = subprocess.run(
+        [setpriv, *without_net_raw, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "needs CAP_NET_RAW" in result.stdout, result.stderr
 
 
 def test_unknown_interface_names_the_setting() -> None:

@@ -249,7 +249,7 @@ class MirrorTap:
         subscriber: every subscriber of a port gets its own :class:`MirroredConnection`
         with the full byte stream. Connections already open are delivered too, from the
         next data segment on. Opens the capture socket on first use (raising
-        :class:`~.packet_capture.CaptureInterfaceError` if the interface cannot be used).
+        :class:`~.packet_capture.CaptureError`, e.g. for an interface that does not exist).
         Returns an unsubscribe function; the capture socket is closed when the last
         subscriber leaves."""
         if not 0 < port < 65536:

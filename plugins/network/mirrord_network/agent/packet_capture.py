@@ -62,7 +62,11 @@ _FRAME_TYPE = struct.Struct("!H")
 _STATISTICS = struct.Struct("II")
 
 
-class CaptureInterfaceError(UserError):
+class CaptureError(UserError):
+    """Traffic cannot be captured in the target's network namespace."""
+
+
+class CaptureInterfaceError(CaptureError):
     """The interface to capture on does not exist or cannot be used."""
 
 
@@ -314,7 +318,13 @@ class PacketCapture:
             ) from None
         # Protocol 0 receives nothing until bound: the filter is in place before any frame
         # is queued, so Python never sees unfiltered traffic.
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except PermissionError:
+            raise CaptureError(
+                "mirroring incoming traffic needs CAP_NET_RAW in the target's network "
+                "namespace (run the agent as root)"
+            ) from None
         try:
             _attach_filter(sock, _DROP_ALL)
             try:
