@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +79,21 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return _run
+
+
+@pytest.fixture
+def emulated_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The demo sandbox (pods ``web`` and ``api``) behind an emulated Kubernetes API.
+
+    Yields the running ``EmulatedCluster`` (``.sandbox``, ``.kubeconfig_path``,
+    ``.policy``, ``.images``; see docs/kubernetes-emulator.md); ``KUBECONFIG`` points at
+    it for the test. Needs root, as the sandbox does. Everything is removed afterwards.
+    """
+    # Imported here: the emulator needs the sandbox extra and root, most tests neither.
+    from mirrord_core.sandbox import Sandbox
+    from mirrord_core.sandbox.demo import demo_pods
+    from mirrord_core.sandbox.kube import EmulatedCluster
+
+    with Sandbox.create(demo_pods()) as sandbox, EmulatedCluster(sandbox) as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig_path))
+        yield cluster

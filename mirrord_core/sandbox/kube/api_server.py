@@ -146,9 +146,11 @@ class KubeApiServer:
             )
         self.store.create(resources.NODES, self.node.node_object())
         self.workloads.publish()
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
         await self._runner.setup()
-        await web.SockSite(self._runner, sock, shutdown_timeout=1.0).start()
+        await web.SockSite(self._runner, sock).start()
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def stop(self) -> list[str]:
@@ -180,16 +182,19 @@ class KubeApiServer:
             middlewares=[self._errors, self._authenticate], client_max_size=16 * 1024 * 1024
         )
         routes: list[tuple[str, str, Handler]] = [
-            # The generated client asks for the discovery paths with a trailing slash.
-            ("GET", "/version", self._version),
-            ("GET", "/version/", self._version),
-            ("GET", "/api", self._api),
-            ("GET", "/api/", self._api),
-            ("GET", "/apis", self._apis),
-            ("GET", "/apis/", self._apis),
-            ("GET", "/api/{version}", self._resource_list),
-            ("GET", "/apis/{group}", self._group),
-            ("GET", "/apis/{group}/{version}", self._resource_list),
+            # The generated client asks for discovery paths with a trailing slash.
+            *(
+                ("GET", path + slash, handler)
+                for path, handler in (
+                    ("/version", self._version),
+                    ("/api", self._api),
+                    ("/apis", self._apis),
+                    ("/api/{version}", self._resource_list),
+                    ("/apis/{group}", self._group),
+                    ("/apis/{group}/{version}", self._resource_list),
+                )
+                for slash in ("", "/")
+            ),
             # core/v1
             ("GET", "/api/v1/namespaces", self._collection(resources.NAMESPACES)),
             ("GET", "/api/v1/namespaces/{name}", self._read(resources.NAMESPACES)),
@@ -377,9 +382,10 @@ class KubeApiServer:
         self, request: web.Request, resource: Resource, selected: Callable[[Obj], bool]
     ) -> web.StreamResponse:
         query = request.query
-        watcher = self.store.watch(resource)
+        since = query.get("resourceVersion")
+        resume = int(since) if since and since.isdigit() and since != "0" else None
+        watcher = self.store.watch(resource, resume)
         try:
-            since = query.get("resourceVersion")
             timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
             response = web.StreamResponse(headers={"Content-Type": "application/json"})
             response.enable_chunked_encoding()
@@ -389,17 +395,17 @@ class KubeApiServer:
                 line = json.dumps({"type": kind, "object": obj}, separators=(",", ":")) + "\n"
                 await response.write(line.encode())
 
-            if not since or since == "0":
+            if resume is None:
+                # No version to resume from: the current state first, as ADDED events.
                 for obj in self.store.list(resource):
                     if selected(obj):
                         await emit("ADDED", obj)
-            floor = int(since) if since and since.isdigit() else 0
             deadline = asyncio.get_running_loop().time() + timeout
             while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
                 event = await watcher.next_event(remaining)
                 if event is None:
                     break
-                if event.resource_version > floor and selected(event.obj):
+                if selected(event.obj):
                     await emit(event.type, event.obj)
             await response.write_eof()
             return response

@@ -8,6 +8,7 @@ every change bumps the cluster-wide resource version and is offered to the watch
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import uuid
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .resources import Resource
-from .status import already_exists, not_found
+from .status import ApiError, already_exists, not_found
 
 Obj = dict[str, Any]
+HISTORY = 4096
 
 
 def now() -> str:
@@ -39,10 +41,12 @@ class WatchEvent:
 class Watcher:
     """A subscription to every change of one resource; iterate with ``await next_event()``."""
 
-    def __init__(self, store: ObjectStore, resource: Resource) -> None:
+    def __init__(self, store: ObjectStore, resource: Resource, backlog: list[WatchEvent]) -> None:
         self._store = store
         self.resource = resource
         self.queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
+        for event in backlog:
+            self.queue.put_nowait(event)
 
     async def next_event(self, timeout: float | None) -> WatchEvent | None:
         """The next change, or None after ``timeout`` seconds without one."""
@@ -68,6 +72,8 @@ class ObjectStore:
         self._version = 1
         self._watchers: set[Watcher] = set()
         self._validate = validate
+        # Recent changes, so a watch can resume from a list's resource version.
+        self._history: collections.deque[WatchEvent] = collections.deque(maxlen=HISTORY)
 
     @property
     def resource_version(self) -> str:
@@ -79,6 +85,7 @@ class ObjectStore:
 
     def _publish(self, kind: str, resource: Resource, obj: Obj) -> None:
         event = WatchEvent(kind, resource, copy.deepcopy(obj), self._version)
+        self._history.append(event)
         for watcher in list(self._watchers):
             if watcher.resource.plural == resource.plural:
                 watcher.queue.put_nowait(event)
@@ -159,9 +166,20 @@ class ObjectStore:
         self._publish("DELETED", resource, obj)
         return copy.deepcopy(obj)
 
-    def watch(self, resource: Resource) -> Watcher:
-        """Subscribe to the changes of ``resource`` from now on."""
-        watcher = Watcher(self, resource)
+    def watch(self, resource: Resource, since: int | None = None) -> Watcher:
+        """Subscribe to the changes of ``resource``: those after version ``since`` (410
+        Expired if they are no longer known), or from now on."""
+        backlog: list[WatchEvent] = []
+        if since is not None:
+            oldest = self._history[0].resource_version if self._history else self._version + 1
+            if since < oldest - 1 and len(self._history) == self._history.maxlen:
+                raise ApiError(410, "Expired", f"too old resource version: {since} ({oldest - 1})")
+            backlog = [
+                e
+                for e in self._history
+                if e.resource_version > since and e.resource.plural == resource.plural
+            ]
+        watcher = Watcher(self, resource, backlog)
         self._watchers.add(watcher)
         return watcher
 
