@@ -302,3 +302,55 @@ def test_pause_with_mirror_is_refused(sandbox: Sandbox, run_cli: object) -> None
     assert result.returncode == 1
     assert "agent.pause" in result.stderr and "steal" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+CLOSING_APP = r"""
+import http.server, os, sys, threading, time
+port, stop_file = int(sys.argv[1]), sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"answered by the local app\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = http.server.HTTPServer(("0.0.0.0", port), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+while not os.path.exists(stop_file):
+    time.sleep(0.1)
+server.shutdown()
+server.server_close()
+print("listener closed", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_closing_the_listener_ends_the_steal(
+    sandbox: Sandbox, tmp_path: Path, runs: list[MirrordRun]
+) -> None:
+    port = free_port()
+    stop_file = tmp_path / "stop"
+    command = [sys.executable, "-c", CLOSING_APP, str(port), str(stop_file)]
+    run = MirrordRun(tmp_path, sandbox.pod("web").pid, command, steal_config(port))
+    runs.append(run)
+    wait_for(lambda: fetch(sandbox, "/index.html") == LOCAL_BODY, "the port to be stolen")
+    stop_file.touch()
+    wait_for(lambda: "listener closed" in run.output(), "the app to close its listener")
+    # The process lives on, but its port is no longer subscribed.
+    wait_until_pod_answers(sandbox)
+    assert run.process.poll() is None
+
+
+def test_ignore_localhost_leaves_loopback_listeners_alone(
+    sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
+) -> None:
+    port = free_port()
+    config = steal_config(port, ignore_localhost=True)
+    command = [*app_command("python", port, site), "--bind", "127.0.0.1"]
+    run = MirrordRun(tmp_path, sandbox.pod("web").pid, command, config)
+    runs.append(run)
+    wait_for(lambda: "Serving HTTP" in run.output(), "the app to listen")
+    # Not subscribed: the pod keeps answering (and keeps answering a while later).
+    for _ in range(3):
+        assert fetch(sandbox, "/index.html") == WEB_BODY
+        time.sleep(0.5)
