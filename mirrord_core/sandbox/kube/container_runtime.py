@@ -58,8 +58,10 @@ DEFAULT_CAPABILITIES = (
     "KILL",
     "AUDIT_WRITE",
 )
-# The agent image's ENTRYPOINT: a container that gives only `args` runs `mirrord ARGS`.
-IMAGE_ENTRYPOINT = ("mirrord",)
+# The agent image's (agent-image/Dockerfile) ENTRYPOINT and CMD, combined with a
+# container's command and args as a container runtime combines them.
+IMAGE_ENTRYPOINT: tuple[str, ...] = ()
+IMAGE_CMD = ("mirrord", "agent", "--help")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _WILDCARDS = ("0.0.0.0", "::", "[::]")
 _VAR = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
@@ -150,9 +152,10 @@ def command_line(
     """The host argv for the container's command (before security wrappers)."""
     command = [expand(c, env) for c in container.get("command") or []]
     args = [expand(a, env) for a in container.get("args") or []]
-    argv = (command or list(IMAGE_ENTRYPOINT)) + args
-    if os.path.basename(argv[0]) != "mirrord":
-        raise _not_in_image(argv[0])
+    # command replaces the ENTRYPOINT (and drops CMD); args alone replace CMD.
+    argv = command + args if command else list(IMAGE_ENTRYPOINT) + (args or list(IMAGE_CMD))
+    if not argv or os.path.basename(argv[0]) != "mirrord":
+        raise _not_in_image(argv[0] if argv else "")
     rest = argv[1:]
     if rest[:1] == ["agent"]:
         rest = [

@@ -52,11 +52,6 @@ class PodBacking:
     logs: dict[str, Path] = field(default_factory=dict)
     processes: dict[str, ContainerProcess] = field(default_factory=dict)
 
-    @property
-    def address(self) -> str:
-        """The pod's IP as port-forwards reach it from inside its network namespace."""
-        return "127.0.0.1"
-
 
 class EmulatedNode:
     """The node every emulated pod runs on."""
