@@ -180,6 +180,7 @@ def sandbox(host_socket: LocalServer) -> Iterator[Sandbox]:
         os.symlink(str(HOST_SOCKET), run / "escape-abs.sock")
         os.symlink("../" * 12 + str(HOST_SOCKET.relative_to("/")), run / "escape-rel.sock")
         os.symlink("app.sock", run / "current.sock")
+        os.symlink(str(HOST_SOCKET.parent), run / "escape-dir")
         nsenter = tool("nsenter", "util-linux")
         server = subprocess.Popen(
             [
@@ -299,7 +300,14 @@ def test_symlinks_out_of_the_pod_never_reach_this_machine(
     sandbox: Sandbox, run_cli: RunCli, tmp_path: Path, host_socket: LocalServer
 ) -> None:
     dotdot = "/run/" + "../" * 12 + str(HOST_SOCKET.relative_to("/"))
-    addresses = ["/run/escape-abs.sock", "/run/escape-rel.sock", dotdot, "/app/config.yaml"]
+    through_dir = f"/run/escape-dir/{HOST_SOCKET.name}"
+    addresses = [
+        "/run/escape-abs.sock",
+        "/run/escape-rel.sock",
+        dotdot,
+        through_dir,
+        "/app/config.yaml",
+    ]
     command = [sys.executable, "-c", PYTHON_CLIENT, *addresses]
     config = _config(tmp_path, "^/")
     out = json.loads(_ok(mirrord_run(run_cli, sandbox.pod("web").pid, command, "-f", config)))
@@ -307,11 +315,13 @@ def test_symlinks_out_of_the_pod_never_reach_this_machine(
         {"errno": errno.ENOENT},
         {"errno": errno.ENOENT},
         {"errno": errno.ENOENT},
+        {"errno": errno.ENOENT},
         {"errno": errno.ECONNREFUSED},  # a file that is not a socket
         {"nonblocking": errno.ENOENT},
     ]
     assert host_socket.accepted == 0
-    # Followed on this machine, the pod's link does lead to the host's socket.
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with probe:
-        probe.connect(str(sandbox.pod("web").root / "run" / "escape-abs.sock"))
+    # Followed on this machine, the pod's links do lead to the host's socket.
+    run = sandbox.pod("web").root / "run"
+    for link in (run / "escape-abs.sock", run / "escape-dir" / HOST_SOCKET.name):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(link))
