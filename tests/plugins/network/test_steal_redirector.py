@@ -28,7 +28,7 @@ from steal_harness import (
 )
 
 from mirrord_core.sandbox import PodSpec, Sandbox
-from mirrord_network.agent.nft_steal_table import ELEMENT_TIMEOUT
+from mirrord_network.agent.nft_steal_table import ELEMENT_TIMEOUT, NftablesError, run_nft
 
 POD_PAGE = "pod web in namespace default\n"
 KEEP_ALIVE_PORT = 9090
@@ -236,3 +236,18 @@ def test_ipv6_connections_are_stolen(sandbox, started) -> None:
         assert opened["destination"] == [V6_ADDRESSES["web"], 8080]
     finally:
         _ipv6_addresses(sandbox, "del")
+
+
+def test_bad_ports_and_nft_failures_are_clear_errors(sandbox, started) -> None:
+    redirector = Redirector(sandbox.pod("web").netns)
+    started.append(redirector)
+    assert redirector.command("steal", port=70000) == {
+        "error": "cannot steal port 70000: not a TCP port number",
+        "type": "StealError",
+    }
+    # nft's own error line, not a traceback or a bare exit status (a syntax error: nothing
+    # reaches the kernel).
+    with pytest.raises(
+        NftablesError, match=r"^nft could not create a table: syntax error, unexpected newline"
+    ):
+        run_nft("add table inet\n", "create a table")

@@ -106,7 +106,9 @@ def _nft_binary() -> str:
 
 
 def _failure(action: str, returncode: int, stderr: str) -> NftablesError:
-    errors = [line.strip() for line in stderr.splitlines() if line.startswith("Error:")]
+    # nft prints "[<file>:<line>:<columns>: ]Error: <what>", then the offending line.
+    errors = [line.partition("Error:")[2].strip() for line in stderr.splitlines()]
+    errors = [error for error in errors if error]
     detail = "; ".join(errors) or stderr.strip() or f"exit status {returncode}"
     return NftablesError(f"nft could not {action}: {detail}")
 
