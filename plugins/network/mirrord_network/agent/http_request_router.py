@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import attrs
 import h11
@@ -281,10 +282,11 @@ class HttpRequestRouter:
         self.stolen.reset(reason)
         self.original.reset(reason)
 
-    async def _run_both(self, requests: Awaitable[None]) -> None:
+    async def _run_both(self, requests: Coroutine[Any, Any, None]) -> None:
+        """``requests`` (client → upstreams) and the response relay, until both end."""
         try:
             async with asyncio.TaskGroup() as group:
-                request_task = group.create_task(requests)  # type: ignore[arg-type]
+                request_task = group.create_task(requests)
                 group.create_task(self._relay_responses(request_task))
         except BaseExceptionGroup as group_error:
             # The first real failure explains the abort; the rest are its consequences.
