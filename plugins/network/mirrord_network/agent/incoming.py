@@ -141,11 +141,11 @@ async def _steal(
     request: Subscribe,
     header_filter: re.Pattern[str] | None,
 ) -> Callable[[], None]:
-    from mirrord_network.agent.steal_redirector import PortAlreadyStolen
+    from mirrord_network.agent.steal_redirector import PortAlreadyStolen, StealError
 
     try:
         redirector = await services.redirector()
-    except OSError as err:
+    except (StealError, OSError) as err:
         raise RequestFailed(INCOMING_UNAVAILABLE, f"cannot steal traffic: {err}") from None
 
     async def open_to_client(info: StolenConnectionInfo) -> Stream:
@@ -169,7 +169,7 @@ async def _steal(
         )
     except PortAlreadyStolen as err:
         raise RequestFailed(PORT_BUSY, str(err)) from None
-    except OSError as err:
+    except (StealError, OSError) as err:
         message = f"cannot steal port {request.port}: {err}"
         raise RequestFailed(INCOMING_UNAVAILABLE, message) from None
 
@@ -182,9 +182,11 @@ def _mirror(connection: Connection, services: IncomingServices, port: int) -> Ca
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    from mirrord_network.agent.packet_capture import CaptureError
+
     try:
         unsubscribe = services.tap().subscribe(port, on_connection)
-    except OSError as err:
+    except (CaptureError, OSError) as err:
         raise RequestFailed(INCOMING_UNAVAILABLE, f"cannot mirror port {port}: {err}") from None
 
     def release() -> None:
@@ -223,6 +225,10 @@ async def _push_mirrored(connection: Connection, port: int, mirrored: MirroredCo
             try:
                 while data := await mirrored.read():
                     await stream.write(data)
+                if mirrored.lost or mirrored.overflowed:
+                    # A copy with a hole must not look complete to the local app.
+                    stream.reset(f"the mirrored copy is incomplete ({mirrored.end_reason})")
+                    return
                 await stream.end()
                 await drain
             finally:
