@@ -106,14 +106,21 @@ class ContainerGroups:
     def attach(self, container_id: str, pids: Iterable[int]) -> Path:
         """Create the container's group and move ``pids`` (whole processes) into it."""
         group = self.scope(container_id)
-        group.mkdir(parents=True, exist_ok=True)
-        for pid in pids:
-            origin = cgroup_of(pid)
-            if origin is None:
-                continue
-            if not origin.endswith(group.name):
-                self._origins.setdefault(group, origin)
-            _move(pid, group)
+        try:
+            group.mkdir(parents=True, exist_ok=True)
+            for pid in pids:
+                origin = cgroup_of(pid)
+                if origin is None:
+                    continue
+                if not origin.endswith(group.name):
+                    self._origins.setdefault(group, origin)
+                _move(pid, group)
+        except OSError as err:
+            raise SandboxError(
+                f"cannot put the pod's processes into the cgroup {group}: "
+                f"{err.strerror or err} (container ids are cgroup paths; the emulator needs "
+                f"a writable cgroup v2 hierarchy at {self.mount})"
+            ) from None
         return group
 
     def release(self) -> list[str]:

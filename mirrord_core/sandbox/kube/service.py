@@ -169,7 +169,11 @@ async def _serve(name: str, host: str, port: int, ready_fd: int | None) -> int:
     )
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
-    await server.start(sock)
+    try:
+        await server.start(sock)
+    except BaseException:
+        await server.stop()  # what was set up before the failure (cgroups)
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
