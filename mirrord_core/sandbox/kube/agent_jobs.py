@@ -249,9 +249,10 @@ class JobController:
     def _expire(self, namespace: str, name: str, uid: str) -> None:
         job = self.store.get(resources.JOBS, namespace, name)
         if job is not None and job["metadata"]["uid"] == uid:
-            self._spawn(self.delete(namespace, name, "Background"))
+            self.spawn(self.delete(namespace, name, "Background"))
 
-    def _spawn(self, coroutine: Any) -> None:
+    def spawn(self, coroutine: Any) -> None:
+        """Run ``coroutine`` in the background; ``shutdown`` waits for it."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -293,7 +294,7 @@ class JobController:
         if policy == "Background":
             self.store.delete(resources.JOBS, namespace, name)
             for pod in pods:
-                self._spawn(self.kubelet.delete_pod(namespace, pod["metadata"]["name"]))
+                self.spawn(self.kubelet.delete_pod(namespace, pod["metadata"]["name"]))
             return status_body(200, "", "", details)
 
         def mark(j: dict[str, Any]) -> None:
@@ -309,7 +310,7 @@ class JobController:
             )
             self.store.delete(resources.JOBS, namespace, name)
 
-        self._spawn(foreground())
+        self.spawn(foreground())
         assert marked is not None
         return marked
 

@@ -429,7 +429,7 @@ class KubeApiServer:
         body = await self._optional_body(request)
         if isinstance(body, dict) and body.get("gracePeriodSeconds") is not None:
             grace = str(body["gracePeriodSeconds"])
-        asyncio.get_running_loop().create_task(
+        self.jobs.spawn(
             self.kubelet.delete_pod(
                 namespace, name, float(grace) if grace and grace.isdigit() else None
             )
