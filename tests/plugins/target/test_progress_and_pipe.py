@@ -21,6 +21,7 @@ def test_plain_lines_off_a_terminal() -> None:
         assert shown.mode == "simple"
         shown.step("creating agent job j1")
         shown.step("waiting for the agent to listen")
+        shown.step("waiting for the agent to listen")
         shown.done("agent ready: job j1")
     assert stream.getvalue().splitlines() == [
         "mirrord: starting the agent: creating agent job j1",

@@ -27,12 +27,9 @@ from mirrord_target.local.kube_targets import KubeTargetError, resolve_kube_targ
 from mirrord_target.local.operator_probe import check_operator
 from mirrord_target.local.port_forward import PortForwarder
 from mirrord_target.local.progress import progress
+from mirrord_target.plugin import RUNNING_AGENT_KIND
 
 log = logging.getLogger("mirrord.target")
-
-KUBE_KINDS = frozenset({"pod", "deployment", "container"})
-# The pseudo target of a session with an agent that already runs (connect_agent_name).
-RUNNING_AGENT_KIND = "agent"
 
 
 def connect_from_config(config: Any) -> KubeApi:

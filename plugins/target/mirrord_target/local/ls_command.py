@@ -15,8 +15,6 @@ from typing import Any
 from mirrord_core.cli import output
 from mirrord_core.config import resolve
 from mirrord_core.plugin_manager import get_plugins
-from mirrord_target.local.kube_agent import api_step, connect_from_config
-from mirrord_target.local.target_listing import list_targets
 
 
 def add_ls_command(commands: Any) -> None:
@@ -42,6 +40,11 @@ def add_ls_command(commands: Any) -> None:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    # Imported here: the Kubernetes client is slow to import, and every mirrord command
+    # registers this one.
+    from mirrord_target.local.kube_agent import api_step, connect_from_config
+    from mirrord_target.local.target_listing import list_targets
+
     resolved = resolve(get_plugins().layout, file=args.config_file)
     for warning in resolved.warnings:
         output.warn(warning)

@@ -119,6 +119,9 @@ class PortForwarder:
             self._closed = True
             spare, self._spare = self._spare, None
             conns = list(self._open)
+        # close() alone does not wake a thread blocked in accept(); shutdown() does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         # Shutting the local side down wakes each pipe, whose thread closes its websocket.
         for conn in conns:

@@ -38,6 +38,7 @@ class Progress:
         self._outcome: str | None = None
         self._console = Console(file=self._stream, highlight=False, soft_wrap=True)
         self._status: Status | None = None
+        self._step: str | None = None
 
     def __enter__(self) -> Progress:
         if self.mode == "standard":
@@ -56,7 +57,10 @@ class Progress:
                 self._plain(self._outcome)
 
     def step(self, text: str) -> None:
-        """Say what is happening now."""
+        """Say what is happening now (saying it again changes nothing)."""
+        if text == self._step:
+            return
+        self._step = text
         if self._status is not None:
             self._status.update(f"{self._task}: {text}…")
         elif self.mode == "simple":
