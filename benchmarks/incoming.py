@@ -50,6 +50,9 @@ port, record = int(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else "")
 out = open(record, "a", buffering=1) if record else None
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle and the client's delayed
+    # ACK make every request wait ~40 ms, and both sides would measure only that.
+    disable_nagle_algorithm = True
     def do_GET(self):
         if out is not None:
             out.write(self.path + "\n")
@@ -201,7 +204,9 @@ def steal_ratio(
     }
     app = [sys.executable, "-c", APP, str(port)]
     stolen = mirrord_run(processes, workdir, web.pid, config, app)
-    direct = processes.start(in_netns(web.netns, APP, DIRECT_PORT))
+    direct = processes.start(
+        in_netns(web.netns, APP, DIRECT_PORT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     details: list[str] = []
     try:
         wait_until(lambda: answers(sandbox, 8080, "stolen ok\n"), "the steal to take effect")

@@ -22,9 +22,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-log = logging.getLogger("mirrord.agent")
+from mirrord_core.linux.cgroups import cgroup2_mount, cgroup_of
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+log = logging.getLogger("mirrord.agent")
 
 
 class FreezeError(Exception):
@@ -54,16 +54,14 @@ def process_tree(pid: int, proc: Path = Path("/proc")) -> list[int]:
 
 def container_cgroup(pid: int) -> Path:
     """The cgroup v2 directory of process ``pid``."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError as err:
-        raise FreezeError(f"cannot read the cgroup of pid {pid}: {err.strerror}") from None
-    for line in lines:
-        if line.startswith("0::"):
-            path = CGROUP_ROOT / line[3:].lstrip("/")
-            if (path / "cgroup.freeze").exists() and path != CGROUP_ROOT:
-                return path
-    raise FreezeError(f"pid {pid} is not in a freezable cgroup v2 group")
+    mount = cgroup2_mount()
+    group = cgroup_of(pid)
+    if mount is None or group is None:
+        raise FreezeError(f"pid {pid} is in no cgroup v2 group (is cgroup v2 mounted?)")
+    path = mount / group.lstrip("/")
+    if path == mount or not (path / "cgroup.freeze").exists():
+        raise FreezeError(f"pid {pid} is not in a freezable cgroup v2 group ({group})")
+    return path
 
 
 def _signal_all(pids: Iterable[int], signum: int) -> None:
