@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.status import Status
 
 PROGRESS_MODE_ENV = "MIRRORD_PROGRESS_MODE"
+SPINNER = "dots"
 
 
 class Progress:
@@ -42,8 +43,9 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.mode == "standard":
-            self._status = self._console.status(f"{self._task}…", spinner="dots")
+            self._status = self._console.status(f"{self._task}…", spinner=SPINNER)
             self._status.start()
+            self._draw(f"{self._task}…")
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -62,13 +64,19 @@ class Progress:
             return
         self._step = text
         if self._status is not None:
-            self._status.update(f"{self._task}: {text}…")
+            self._draw(f"{self._task}: {text}…")
         elif self.mode == "simple":
             self._plain(f"{self._task}: {text}")
 
     def done(self, outcome: str) -> None:
         """What to print when the task ends without an error."""
         self._outcome = outcome
+
+    def _draw(self, text: str) -> None:
+        assert self._status is not None
+        # Passing the spinner makes rich draw at once (a text-only update waits for the
+        # refresh thread), so even a step shorter than a frame is shown.
+        self._status.update(text, spinner=SPINNER)
 
     def _plain(self, text: str) -> None:
         self._console.print(f"mirrord: {text}", markup=False, emoji=False)
