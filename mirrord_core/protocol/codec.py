@@ -48,6 +48,14 @@ _STREAM_DATA_HEAD = (
     b"\x83" + msgpack.packb(TAG_KEY) + msgpack.packb(StreamData.TAG) + msgpack.packb("stream_id")
 )
 _DATA_KEY = msgpack.packb("data")
+# msgpack's unsigned integer and bin markers, by their first byte.
+_UINTS = {
+    0xCC: struct.Struct(">B"),
+    0xCD: struct.Struct(">H"),
+    0xCE: struct.Struct(">I"),
+    0xCF: struct.Struct(">Q"),
+}
+_BINS = {0xC4: struct.Struct(">B"), 0xC5: struct.Struct(">H"), 0xC6: struct.Struct(">I")}
 
 #: How deeply messages may nest inside each other (``Request`` → payload → …).
 MAX_MESSAGE_NESTING = 16
@@ -458,9 +466,18 @@ class Codec:
         """Frames of ``StreamData(stream_id=stream_id, data=…)`` for ``data`` cut into pieces
         of at most ``chunk`` bytes, back to back in one ``bytes``.
 
-        Byte for byte what :meth:`encode_frame` gives for each of those messages, without
-        the copies of the general path (slice, msgpack's buffer, header concatenation): the
-        data is copied once, into the result, so the frames can go out in one write.
+        Byte for byte what :meth:`encode_frame` gives for each of those messages.
+        """
+        return b"".join(self.stream_data_frame_parts(stream_id, data, chunk))
+
+    def stream_data_frame_parts(
+        self, stream_id: int, data: bytes | bytearray | memoryview, chunk: int
+    ) -> list[bytes | memoryview]:
+        """:meth:`encode_stream_data_frames` as a list of buffers to write in order.
+
+        The data itself is not copied: the list holds slices of ``data`` between the small
+        headers, so the frames can go to the socket with one gathering write. The slices
+        are only valid as long as ``data`` is unchanged.
         """
         if (
             type(stream_id) is not int
@@ -468,10 +485,10 @@ class Codec:
             or not self._stream_data_is_registered()
         ):
             # Let the general path word the error.
-            return b"".join(
+            return [
                 self.encode_frame(StreamData(stream_id=stream_id, data=bytes(piece)))
                 for piece in _pieces(memoryview(data), chunk)
-            )
+            ]
         head = _STREAM_DATA_HEAD + msgpack.packb(stream_id) + _DATA_KEY
         parts: list[bytes | memoryview] = []
         for piece in _pieces(memoryview(data), chunk):
@@ -482,8 +499,48 @@ class Codec:
                 bin_header = _BIN16.pack(0xC5, size)
             else:
                 bin_header = _BIN32.pack(0xC6, size)
-            parts += (encode_header(len(head) + len(bin_header) + size), head, bin_header, piece)
-        return b"".join(parts)
+            frame_head = encode_header(len(head) + len(bin_header) + size) + head + bin_header
+            parts += (frame_head, piece)
+        return parts
+
+    def stream_data_payload(self, body: bytes | memoryview) -> tuple[int, memoryview] | None:
+        """``(stream_id, data)`` of a ``stream_data`` frame body laid out exactly as
+        :meth:`stream_data_frame_parts` writes it, with ``data`` a read-only view into
+        ``body`` (nothing copied); ``None`` for any other body (use :meth:`decode`).
+
+        A body it accepts is one :meth:`decode` turns into the same ``StreamData``.
+        """
+        if not isinstance(body, bytes):
+            body = memoryview(body).toreadonly()
+        size = len(body)
+        position = len(_STREAM_DATA_HEAD)
+        if size < position + 1 + len(_DATA_KEY) + 2 or body[:position] != _STREAM_DATA_HEAD:
+            return None
+        marker = body[position]
+        integer = _UINTS.get(marker)
+        if marker < 0x80:
+            stream_id = marker
+            position += 1
+        elif integer is not None and size >= position + 1 + integer.size:
+            (stream_id,) = integer.unpack_from(body, position + 1)
+            position += 1 + integer.size
+        else:
+            return None
+        end_of_key = position + len(_DATA_KEY)
+        if body[position:end_of_key] != _DATA_KEY or end_of_key >= size:
+            return None
+        length = _BINS.get(body[end_of_key])
+        if length is None or size < end_of_key + 1 + length.size:
+            return None
+        (data_size,) = length.unpack_from(body, end_of_key + 1)
+        data_start = end_of_key + 1 + length.size
+        if (
+            data_start + data_size != size
+            or not 1 <= stream_id <= MAX_ID
+            or not self._stream_data_is_registered()
+        ):
+            return None
+        return stream_id, memoryview(body)[data_start:]
 
     def decode(self, body: bytes) -> Message:
         """The message in a frame body; :class:`MalformedMessage` for anything invalid."""

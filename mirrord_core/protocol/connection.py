@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -76,6 +77,24 @@ CloseCallback = Callable[["Connection"], object]
 MAX_PENDING_OUTPUT = 4 * MAX_FRAME_SIZE
 #: StreamReader buffer limit used by :func:`open_connection` and the server.
 READ_BUFFER_LIMIT = 256 * 1024
+#: Most buffers given to one gathering write (well below the kernel's IOV_MAX of 1024).
+_MAX_GATHER = 256
+
+
+def _direct_socket_fd(transport: asyncio.BaseTransport) -> int | None:
+    """The socket a transport writes to, when writing to it ourselves is equivalent.
+
+    Only for asyncio's plain socket transport: its ``write`` sends straight to the socket
+    when nothing is queued, which is all a direct write does (TLS, pipes and other
+    transports transform or own their output, so they always get ``write``).
+    """
+    selector_transport = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
+    if selector_transport is None or type(transport) is not selector_transport:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return None
+    return sock.fileno()
 
 
 def _positive_or_none(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -161,6 +180,7 @@ class Connection:
         with contextlib.suppress(AttributeError, NotImplementedError):
             writer.transport.set_write_buffer_limits(high=STREAM_WINDOW)
         self._loop = asyncio.get_running_loop()
+        self._direct_fd = _direct_socket_fd(writer.transport)
         #: True on the side that sent ``Hello``.
         self.is_client = is_client
         #: Chosen by the server in ``Welcome``; identifies the session in both sides' logs.
@@ -374,6 +394,49 @@ class Connection:
     async def _send_frame(self, frame: bytes) -> None:
         self._raise_if_closed()
         self._writer.write(frame)
+        await self._drain()
+
+    async def _send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Send the buffers of ``parts`` in order, as one write; holds no reference to them
+        once it returns (the caller may reuse them)."""
+        self._raise_if_closed()
+        self._write_parts(parts)
+        await self._drain()
+
+    def _write_parts(self, parts: list[bytes | memoryview]) -> None:
+        transport = self._writer.transport
+        fd = self._direct_fd
+        if (
+            fd is not None
+            and len(parts) <= _MAX_GATHER
+            and not transport.get_write_buffer_size()
+            and not transport.is_closing()
+        ):
+            # Nothing is queued ahead of us, so the kernel can take the buffers directly:
+            # one system call, no copy of the data in user space.
+            try:
+                sent = os.writev(fd, parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # The transport meets the same error on its write and handles it as usual.
+                sent = 0
+            if sent:
+                rest: list[bytes | memoryview] = []
+                for part in parts:
+                    if sent >= len(part):
+                        sent -= len(part)
+                        continue
+                    rest.append(memoryview(part)[sent:] if sent else part)
+                    sent = 0
+                parts = rest
+                if not parts:
+                    return
+        # Copied (joined) here: the transport keeps what it cannot send now, and the caller
+        # may reuse its buffers once we return.
+        self._writer.write(b"".join(parts))
+
+    async def _drain(self) -> None:
         try:
             await self._writer.drain()
         except ConnectionError as exc:
@@ -386,7 +449,7 @@ class Connection:
 
     async def _read_loop(self) -> None:
         reader = self._reader
-        frames = isinstance(reader, FrameReader) and reader.start_frames()
+        frames = isinstance(reader, FrameReader) and reader.start_frames(MAX_FRAME_SIZE)
         try:
             while self._close_error is None:
                 if frames:
@@ -403,7 +466,14 @@ class Connection:
                     )
                     return
                 self._last_received = self._loop.time()
-                self._dispatch(self.codec.decode(body))
+                # Bulk data skips the general decoder: the payload stays a view of the body.
+                data = self.codec.stream_data_payload(body)
+                if data is not None:
+                    stream = self._lookup_stream(data[0], StreamData.TAG)
+                    if stream is not None:
+                        stream._on_data(data[1])
+                else:
+                    self._dispatch(self.codec.decode(body))
                 transport = self._writer.transport
                 if transport.get_write_buffer_size() > MAX_PENDING_OUTPUT:
                     await self._writer.drain()
@@ -432,11 +502,11 @@ class Connection:
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, StreamData):
-            stream = self._lookup_stream(message.stream_id, message)
+            stream = self._lookup_stream(message.stream_id, message.TAG)
             if stream is not None:
                 stream._on_data(message.data)
         elif isinstance(message, WindowUpdate):
-            stream = self._lookup_stream(message.stream_id, message)
+            stream = self._lookup_stream(message.stream_id, message.TAG)
             if stream is not None:
                 stream._on_window_update(message.credit)
         elif isinstance(message, Request):
@@ -452,15 +522,15 @@ class Connection:
         elif isinstance(message, StreamOpen):
             self._on_stream_open(message)
         elif isinstance(message, StreamAccept):
-            stream = self._lookup_stream(message.stream_id, message)
+            stream = self._lookup_stream(message.stream_id, message.TAG)
             if stream is not None:
                 stream._on_accept(message.payload)
         elif isinstance(message, StreamEnd):
-            stream = self._lookup_stream(message.stream_id, message)
+            stream = self._lookup_stream(message.stream_id, message.TAG)
             if stream is not None:
                 stream._on_end()
         elif isinstance(message, StreamReset):
-            stream = self._lookup_stream(message.stream_id, message)
+            stream = self._lookup_stream(message.stream_id, message.TAG)
             if stream is not None:
                 stream._on_reset(message.reason, message.errno)
         elif isinstance(message, Goodbye):
@@ -590,7 +660,7 @@ class Connection:
     def _is_local_stream_id(self, stream_id: int) -> bool:
         return (stream_id % 2 == 1) == self.is_client
 
-    def _lookup_stream(self, stream_id: int, message: Message) -> Stream | None:
+    def _lookup_stream(self, stream_id: int, tag: str) -> Stream | None:
         stream = self._streams.get(stream_id)
         if stream is not None:
             return stream
@@ -599,7 +669,7 @@ class Connection:
         else:
             opened = stream_id <= self._peer_max_stream_id
         if not opened:
-            raise ProtocolViolation(f"{message.TAG} for stream {stream_id}, which was never opened")
+            raise ProtocolViolation(f"{tag} for stream {stream_id}, which was never opened")
         # A stream that already closed: frames that crossed our reset/end are dropped.
         return None
 

@@ -86,43 +86,77 @@ async def write_frame(
     await writer.drain()
 
 
+#: Frame bodies larger than this are received straight into a buffer of their own (the
+#: kernel copies them there; nothing is copied again in user space).
+DIRECT_BODY_THRESHOLD = 16 * 1024
+#: The buffer that headers and smaller frames are received into (several per receive).
+SCRATCH_SIZE = 64 * 1024
+#: How much a receive takes when the next frame is probably large again (bulk data comes
+#: in runs of large frames): enough for its header, little of its body to copy.
+LARGE_FRAME_HEAD_READ = 4 * 1024
+
+
 class FrameReader(asyncio.StreamReader):
     """A :class:`asyncio.StreamReader` that can also hand out whole frames without copying.
 
     Until :meth:`start_frames` it is an ordinary stream reader (the handshake reads it as
-    one). In frame mode, the bytes the transport delivers are kept as the ``bytes`` objects
-    they arrived in, and :meth:`next_frame` returns each frame body as a view into one of
-    them (only a frame that straddles two receives is copied), where :func:`read_frame`
-    copies every byte into the reader's buffer and out of it again. Limits, errors and
-    flow control (pause reading above twice the limit) are those of a stream reader and
-    :func:`read_frame`.
+    one). In frame mode it takes the transport's input itself, as an
+    :class:`asyncio.BufferedProtocol` put in front of the stream protocol: headers and small
+    frames are received into one reusable buffer, and the body of a large frame (a bulk
+    ``stream_data``) straight into a buffer of its own, which :meth:`next_frame` hands out
+    as it is — where :func:`read_frame` has every byte copied into the stream reader's
+    buffer and out of it again. Limits, errors and flow control (pause reading above twice
+    the limit) are those of a stream reader and :func:`read_frame`.
     """
 
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(limit=limit, loop=loop)
         self._frame_limit = limit
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._head_offset = 0
-        self._chunked = 0
         self._frames = False
+        self._max_frame_size = MAX_FRAME_SIZE
+        # Headers and small frames: received at [_end:], parsed from [_start:].
+        self._scratch = bytearray()
+        self._scratch_view = memoryview(self._scratch)
+        self._start = 0
+        self._end = 0
+        # A large frame's body being received in place.
+        self._body: bytearray | None = None
+        self._body_view = memoryview(b"")
+        self._body_filled = 0
+        # The last frame was received directly: the next one likely is too.
+        self._bulk = False
+        # Complete frame bodies not yet taken by next_frame().
+        self._ready: collections.deque[bytes | memoryview] = collections.deque()
+        self._ready_size = 0
+        self._parse_error: FrameTooLarge | None = None
         self._frame_waiter: asyncio.Future[None] | None = None
         self._frames_paused = False
         self._frame_transport: asyncio.BaseTransport | None = None
+        # The protocol our frame protocol stands in front of (restored by stop_frames).
+        self._stream_protocol: asyncio.BaseProtocol | None = None
 
     def set_transport(self, transport: asyncio.BaseTransport) -> None:
         super().set_transport(transport)
         self._frame_transport = transport
 
-    def start_frames(self) -> bool:
-        """Switch to frame mode; ``False`` (stay a stream reader) if the state forbids it."""
+    def start_frames(self, max_size: int = MAX_FRAME_SIZE) -> bool:
+        """Switch to frame mode; ``False`` (stay a stream reader) if the state forbids it.
+
+        Frames announcing more than ``max_size`` bytes fail with :class:`FrameTooLarge`.
+        """
         # Bytes that arrived with or after the handshake are in the stream reader's buffer.
         buffer = getattr(self, "_buffer", None)
         if self._frames or not isinstance(buffer, bytearray) or getattr(self, "_paused", True):
             return False
-        if buffer:
-            self._append(bytes(buffer))
-            buffer.clear()
+        self._max_frame_size = max_size
+        self._scratch = bytearray(SCRATCH_SIZE)
+        self._scratch_view = memoryview(self._scratch)
         self._frames = True
+        if buffer:
+            pending = bytes(buffer)
+            buffer.clear()
+            self._receive(pending)
+        self._install_frame_protocol()
         return True
 
     def stop_frames(self) -> None:
@@ -134,27 +168,28 @@ class FrameReader(asyncio.StreamReader):
         if not self._frames:
             return
         self._frames = False
-        rest = b"".join(self._take_all())
+        rest = self._unparsed()
+        self._ready.clear()
+        self._ready_size = 0
+        self._body = None
+        self._body_view = memoryview(b"")
+        self._start = self._end = 0
+        self._parse_error = None
+        transport = self._frame_transport
+        if self._stream_protocol is not None and transport is not None:
+            transport.set_protocol(self._stream_protocol)
+            self._stream_protocol = None
         self._resume()
         if rest and not self.at_eof():
-            super().feed_data(rest)
+            super().feed_data(b"".join(rest))
 
     def feed_data(self, data: bytes) -> None:
+        # Frame mode without our protocol in front (a transport that kept the stream
+        # protocol): the stream protocol passes the data on.
         if not self._frames:
             super().feed_data(data)
             return
-        if not data:
-            return
-        self._append(data)
-        self._wake()
-        if self._chunked > 2 * self._frame_limit and not self._frames_paused:
-            transport = self._frame_transport
-            if isinstance(transport, asyncio.ReadTransport):
-                try:
-                    transport.pause_reading()
-                except NotImplementedError:
-                    return
-                self._frames_paused = True
+        self._receive(data)
 
     def feed_eof(self) -> None:
         super().feed_eof()
@@ -165,64 +200,29 @@ class FrameReader(asyncio.StreamReader):
         self._wake()
 
     async def next_frame(self, max_size: int = MAX_FRAME_SIZE) -> bytes | memoryview | None:
-        """The next frame body in frame mode, as :func:`read_frame` returns it.
+        """The next frame body in frame mode, as :func:`read_frame` returns it (read-only).
 
         ``None`` on a clean end of stream; :class:`TruncatedFrame` and
         :class:`FrameTooLarge` as :func:`read_frame` raises them.
         """
-        header = await self._take(HEADER_SIZE, "header")
-        if header is None:
-            return None
-        size = decode_header(bytes(header), max_size)
-        body = await self._take(size, "body")
-        assert body is not None
-        return body
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _append(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._chunked += len(data)
-
-    def _take_all(self) -> list[bytes | memoryview]:
-        parts: list[bytes | memoryview] = []
-        if self._chunks:
-            parts.append(memoryview(self._chunks.popleft())[self._head_offset :])
-            parts.extend(self._chunks)
-        self._chunks.clear()
-        self._head_offset = 0
-        self._chunked = 0
-        return parts
-
-    def _wake(self) -> None:
-        waiter = self._frame_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _resume(self) -> None:
-        if not self._frames_paused:
-            return
-        self._frames_paused = False
-        transport = self._frame_transport
-        if isinstance(transport, asyncio.ReadTransport):
-            with contextlib.suppress(NotImplementedError):
-                transport.resume_reading()
-
-    async def _take(self, size: int, part: str) -> bytes | memoryview | None:
-        # Like StreamReader.readexactly: a stored exception wins over buffered data.
-        exception = self.exception()
-        if exception is not None:
-            raise exception
-        while self._chunked < size:
+        while True:
+            # Like StreamReader.readexactly: a stored exception wins over buffered data.
+            exception = self.exception()
+            if exception is not None:
+                raise exception
+            if self._ready:
+                body = self._ready.popleft()
+                self._ready_size -= len(body)
+                if self._ready_size <= self._frame_limit:
+                    self._resume()
+                if len(body) > max_size:
+                    raise FrameTooLarge(len(body), max_size)
+                return body
+            if self._parse_error is not None:
+                raise self._parse_error
             if self.at_eof():
-                got = self._chunked
-                if part == "header":
-                    if not got:
-                        return None
-                    raise TruncatedFrame(
-                        f"stream ended inside a frame header ({got} of {HEADER_SIZE} bytes)"
-                    )
-                raise TruncatedFrame(f"stream ended inside a frame body ({got} of {size} bytes)")
+                self._raise_if_truncated()
+                return None
             # Waiting for more than is buffered: the transport must deliver it.
             self._resume()
             self._frame_waiter = asyncio.get_running_loop().create_future()
@@ -230,35 +230,182 @@ class FrameReader(asyncio.StreamReader):
                 await self._frame_waiter
             finally:
                 self._frame_waiter = None
-            exception = self.exception()
-            if exception is not None:
-                raise exception
-        if not size:
-            return b""
-        head = self._chunks[0]
-        offset = self._head_offset
-        data: bytes | memoryview
-        if len(head) - offset >= size:
-            data = memoryview(head)[offset : offset + size]
+
+    # -- receiving (called by _FrameProtocol, or with copies by _receive) ------------------
+
+    def _get_buffer(self) -> memoryview:
+        if self._body is not None:
+            return self._body_view[self._body_filled :]
+        if self._parse_error is not None:
+            # Nothing after a refused header is ever parsed: let it overwrite itself.
+            self._start = self._end = 0
+        elif self._end == len(self._scratch):
+            # Only an incomplete header or small frame is left: move it to the front.
+            pending = self._end - self._start
+            self._scratch_view[:pending] = self._scratch_view[self._start : self._end]
+            self._start, self._end = 0, pending
+        elif self._bulk and self._end == self._start:
+            return self._scratch_view[:LARGE_FRAME_HEAD_READ]
+        return self._scratch_view[self._end :]
+
+    def _buffer_updated(self, size: int) -> None:
+        if self._body is not None:
+            self._body_filled += size
+            if self._body_filled == len(self._body):
+                body = self._body_view.toreadonly()
+                self._body = None
+                self._body_view = memoryview(b"")
+                self._frame_ready(body)
+            return
+        self._end += size
+        self._parse()
+        if self._bulk and self._body is None and size == LARGE_FRAME_HEAD_READ:
+            # A short receive filled with small frames: more may be waiting, read them all.
+            self._bulk = False
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Take ``data`` as if the transport had received it into our buffers."""
+        view = memoryview(data)
+        offset = 0
+        while offset < len(view) and self._parse_error is None:
+            target = self._get_buffer()
+            size = min(len(target), len(view) - offset)
+            target[:size] = view[offset : offset + size]
             offset += size
-            if offset == len(head):
-                self._chunks.popleft()
-                offset = 0
-        else:
-            parts = []
-            wanted = size
-            while wanted:
-                head = self._chunks[0]
-                piece = memoryview(head)[offset : offset + wanted]
-                parts.append(piece)
-                wanted -= len(piece)
-                offset += len(piece)
-                if offset == len(head):
-                    self._chunks.popleft()
-                    offset = 0
-            data = b"".join(parts)
-        self._head_offset = offset
-        self._chunked -= size
-        if self._chunked <= self._frame_limit:
-            self._resume()
-        return data
+            self._buffer_updated(size)
+
+    def _parse(self) -> None:
+        scratch, view = self._scratch, self._scratch_view
+        start, end = self._start, self._end
+        while self._parse_error is None and end - start >= HEADER_SIZE:
+            (size,) = _HEADER.unpack_from(scratch, start)
+            if size > self._max_frame_size:
+                self._parse_error = FrameTooLarge(size, self._max_frame_size)
+                self._pause()
+                self._wake()
+                break
+            body_start = start + HEADER_SIZE
+            received = end - body_start
+            if received >= size:
+                self._frame_ready(bytes(view[body_start : body_start + size]))
+                start = body_start + size
+                continue
+            if size > DIRECT_BODY_THRESHOLD:
+                # The rest of the body goes straight into its own buffer.
+                body = bytearray(size)
+                body[:received] = view[body_start:end]
+                self._body = body
+                self._body_view = memoryview(body)
+                self._body_filled = received
+                self._bulk = True
+                start = end
+            break
+        if start == end:
+            start = end = 0
+        self._start, self._end = start, end
+
+    def _frame_ready(self, body: bytes | memoryview) -> None:
+        self._ready.append(body)
+        self._ready_size += len(body)
+        if self._ready_size > 2 * self._frame_limit:
+            self._pause()
+        self._wake()
+
+    def _raise_if_truncated(self) -> None:
+        if self._body is not None:
+            raise TruncatedFrame(
+                f"stream ended inside a frame body ({self._body_filled} of {len(self._body)} bytes)"
+            )
+        pending = self._end - self._start
+        if not pending:
+            return
+        if pending < HEADER_SIZE:
+            raise TruncatedFrame(
+                f"stream ended inside a frame header ({pending} of {HEADER_SIZE} bytes)"
+            )
+        (size,) = _HEADER.unpack_from(self._scratch, self._start)
+        raise TruncatedFrame(
+            f"stream ended inside a frame body ({pending - HEADER_SIZE} of {size} bytes)"
+        )
+
+    def _unparsed(self) -> list[bytes | memoryview]:
+        """Everything received and not taken by next_frame(), as it arrived (framed)."""
+        parts: list[bytes | memoryview] = []
+        for body in self._ready:
+            parts += (_HEADER.pack(len(body)), body)
+        parts.append(self._scratch_view[self._start : self._end])
+        if self._body is not None:
+            parts += (_HEADER.pack(len(self._body)), self._body_view[: self._body_filled])
+        return parts
+
+    # -- flow control and wake-ups ---------------------------------------------------------
+
+    def _install_frame_protocol(self) -> None:
+        transport = self._frame_transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            stream_protocol = transport.get_protocol()
+        except NotImplementedError:
+            return
+        if stream_protocol is None:
+            return
+        transport.set_protocol(_FrameProtocol(self, stream_protocol))
+        self._stream_protocol = stream_protocol
+
+    def _wake(self) -> None:
+        waiter = self._frame_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _pause(self) -> None:
+        transport = self._frame_transport
+        if self._frames_paused or not isinstance(transport, asyncio.ReadTransport):
+            return
+        try:
+            transport.pause_reading()
+        except NotImplementedError:
+            return
+        self._frames_paused = True
+
+    def _resume(self) -> None:
+        if not self._frames_paused or self._parse_error is not None:
+            return
+        self._frames_paused = False
+        transport = self._frame_transport
+        if isinstance(transport, asyncio.ReadTransport):
+            with contextlib.suppress(NotImplementedError):
+                transport.resume_reading()
+
+
+class _FrameProtocol(asyncio.BufferedProtocol):
+    """Input for a :class:`FrameReader` in frame mode; everything else goes to the stream
+    protocol it stands in front of (end of file, connection loss, write flow control)."""
+
+    def __init__(self, reader: FrameReader, stream_protocol: asyncio.BaseProtocol) -> None:
+        self._reader = reader
+        self._stream_protocol = stream_protocol
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reader._get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._reader._buffer_updated(nbytes)
+
+    def data_received(self, data: bytes) -> None:
+        # Transports without buffered reads (pipes) hand over bytes objects.
+        self._reader._receive(data)
+
+    def eof_received(self) -> bool | None:
+        if isinstance(self._stream_protocol, asyncio.Protocol | asyncio.BufferedProtocol):
+            return self._stream_protocol.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream_protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream_protocol.resume_writing()

@@ -81,7 +81,8 @@ class Stream:
         self._accepted: asyncio.Future[Message] = loop.create_future()
         self._accept_sent = False
 
-        self._buffer: collections.deque[bytes] = collections.deque()
+        # Received data as it arrived: bytes, or read-only views of frame bodies.
+        self._buffer: collections.deque[bytes | memoryview] = collections.deque()
         self._buffered = 0
         self._recv_eof = False
         # close() was called: nobody reads any more, so new data resets the stream.
@@ -195,7 +196,17 @@ class Stream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Iterate over chunks as they arrive, until the end of the stream."""
-        # Each chunk as it arrived: unlike read(), nothing is joined (copied) on the way.
+        async for chunk in self.chunks():
+            yield chunk if type(chunk) is bytes else bytes(chunk)
+
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        """Iterate over the data as it arrived, without copying it, until the end of the stream.
+
+        Each item is a non-empty, read-only bytes-like object (``bytes`` or a
+        ``memoryview``) that stays valid and unchanged for as long as it is referenced:
+        for writing the data on (``socket.send``, ``os.writev`` …) without the copy that
+        turning it into ``bytes`` takes.
+        """
         while True:
             if self._read_closed:
                 raise StreamClosedError(f"stream {self.id}: read after close")
@@ -209,7 +220,8 @@ class Stream:
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``, waiting for flow-control credit as needed.
 
-        Returns once every byte is handed to the connection (not when the peer read it).
+        Returns once every byte is handed to the connection (not when the peer read it);
+        nothing refers to ``data`` any more then, so the caller may reuse its buffer.
         Raises :class:`StreamClosedError` after :meth:`end`, :class:`StreamResetError` after
         a reset, :class:`ConnectionLost` when the connection is gone.
         """
@@ -224,13 +236,14 @@ class Stream:
                     self._raise_if_not_writable()
                 # All the credit allows (within one window) goes out as one write of frames
                 # of at most MAX_DATA_CHUNK each: one syscall, and one wake-up of the peer.
+                # The frames are headers between slices of ``data``, not a copy of it.
                 size = min(len(view), self._send_credit, STREAM_WINDOW)
-                frames = self.connection.codec.encode_stream_data_frames(
+                parts = self.connection.codec.stream_data_frame_parts(
                     self.id, view[:size], MAX_DATA_CHUNK
                 )
                 view = view[size:]
                 self._send_credit -= size
-                await self.connection._send_frame(frames)
+                await self.connection._send_parts(parts)
                 self._raise_if_not_writable()
 
     async def end(self) -> None:
@@ -293,7 +306,7 @@ class Stream:
         self.accept_payload = payload
         self._accepted.set_result(payload)
 
-    def _on_data(self, data: bytes) -> None:
+    def _on_data(self, data: bytes | memoryview) -> None:
         if not self._is_accepted():
             raise ProtocolViolation(f"stream_data for stream {self.id} before it was accepted")
         if self._recv_eof:

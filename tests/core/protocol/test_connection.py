@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import os
 import random
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
 import msgpack
 import pytest
+from asyncio_runner import async_test
 
 from mirrord_core.protocol import (
     MAX_FRAME_SIZE,
@@ -66,27 +66,6 @@ from mirrord_core.protocol.errors import MAX_REASON_LENGTH
 from mirrord_core.protocol.streams import Stream as StreamImpl
 
 TOKEN = "test-token-0123456789"
-
-
-def async_test(timeout: float = 10.0) -> Callable[..., Callable[..., None]]:
-    """Run an ``async def`` test in a fresh loop with a hard timeout; unhandled errors fail it."""
-
-    def decorate(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> None:
-            problems: list[dict[str, Any]] = []
-
-            async def main() -> None:
-                loop = asyncio.get_running_loop()
-                loop.set_exception_handler(lambda _loop, context: problems.append(context))
-                await asyncio.wait_for(fn(*args, **kwargs), timeout)
-
-            asyncio.run(main())
-            assert not problems, f"unhandled errors in the event loop: {problems}"
-
-        return wrapper
-
-    return decorate
 
 
 # -- messages used by these tests --------------------------------------------------------

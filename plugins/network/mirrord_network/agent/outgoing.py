@@ -12,9 +12,9 @@ import struct
 
 from mirrord_core.protocol import Stream
 from mirrord_network.messages import Connected, TcpConnect, UdpConnect
+from mirrord_network.socket_pipe import run_both, socket_to_stream, stream_to_socket
 
 CONNECT_TIMEOUT = 30.0
-PIPE_CHUNK = 1024 * 1024
 _LENGTH = struct.Struct(">H")
 
 
@@ -30,40 +30,25 @@ def _check_destination(host: str, port: int) -> None:
 async def tcp_connect(stream: Stream, request: TcpConnect) -> None:
     """Connect to ``host:port`` from the target and pipe bytes both ways until both end."""
     _check_destination(request.host, request.port)
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in request.host else socket.AF_INET
+    # A plain non-blocking socket rather than asyncio's streams: see mirrord_network.socket_pipe.
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        reader, writer = await asyncio.wait_for(
-            # The reader's limit (64 KiB by default) would stop the socket after 128 KiB.
-            asyncio.open_connection(request.host, request.port, limit=PIPE_CHUNK),
-            CONNECT_TIMEOUT,
-        )
-    except TimeoutError:
-        raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
-    # Buffer a chunk's worth before writes wait for a drain (asyncio's default is 64 KiB).
-    writer.transport.set_write_buffer_limits(high=PIPE_CHUNK)
-    # Data arrives already framed by the client's writes: forward it without Nagle delays.
-    with contextlib.suppress(OSError):
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        host, port = writer.get_extra_info("sockname")[:2]
+        sock.setblocking(False)
+        # Data arrives already framed by the client's writes: forward it without Nagle delays.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (request.host, request.port)), CONNECT_TIMEOUT
+            )
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
+        host, port = sock.getsockname()[:2]
         await stream.accept(Connected(local_host=host, local_port=port))
-
-        async def upstream() -> None:
-            async for chunk in stream:
-                writer.write(chunk)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
-
-        async def downstream() -> None:
-            while data := await reader.read(PIPE_CHUNK):
-                await stream.write(data)
-            await stream.end()
-
-        await asyncio.gather(upstream(), downstream())
+        await run_both(stream_to_socket(stream, sock), socket_to_stream(sock, stream))
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        sock.close()
 
 
 class _DatagramRelay(asyncio.DatagramProtocol):
