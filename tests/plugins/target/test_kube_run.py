@@ -191,3 +191,18 @@ def test_unreachable_cluster(emulated_cluster: Any, run_cli: RunCli, tmp_path: A
         f"cannot reach the Kubernetes API server at {closed}: connection refused; check your "
         "kubeconfig (KUBECONFIG / ~/.kube/config)"
     )
+
+
+def test_agent_namespace_places_the_job_elsewhere(emulated_cluster: Any, run_cli: RunCli) -> None:
+    result = run_cli(
+        "run", "-a", "kube-system", "-t", "deployment/web", "--", "sh", "-c", "echo $GREETING"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from the web pod\n"
+    assert "(pod mirrord-agent-" in result.stderr and "namespace kube-system)" in result.stderr
+    assert agent_jobs(emulated_cluster, "kube-system") == []
+    missing = run_cli("run", "-a", "nowhere", "-t", "deployment/web", "--", "true")
+    assert error_line(missing) == (
+        "the agent's namespace nowhere does not exist; set agent.namespace to an existing "
+        "namespace (or leave it unset: the target's)"
+    )

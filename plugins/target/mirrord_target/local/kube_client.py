@@ -76,6 +76,14 @@ class KubeApi:
                 raise
             raise normalized from None
 
+    def fork(self) -> KubeApi:
+        """Another client for the same cluster and credentials, with its own pool.
+
+        ``kubernetes.stream`` swaps its client's ``call_api`` while it opens a websocket,
+        so a client that opens websockets must not serve other requests meanwhile.
+        """
+        return attrs.evolve(self, api_client=client.ApiClient(self.api_client.configuration))
+
     def close(self) -> None:
         """Release the client's connection pool."""
         self.api_client.close()

@@ -36,7 +36,12 @@ class PortForwarder:
     """A loopback listener forwarding each connection to ``pod:port`` in ``namespace``."""
 
     def __init__(self, api: KubeApi, pod: str, namespace: str, port: int) -> None:
-        self.api, self.pod, self.namespace, self.remote_port = api, pod, namespace, port
+        # kubernetes.stream patches its client's call_api while it opens a websocket: a
+        # client of its own, and one opening at a time, keep other requests (and other
+        # openings) from going through the patched method.
+        self.api = api.fork()
+        self._opening = threading.Lock()
+        self.pod, self.namespace, self.remote_port = pod, namespace, port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -46,13 +51,14 @@ class PortForwarder:
         self._accepter: threading.Thread | None = None
 
     def _open_websocket(self) -> Any:
-        return self.api.call(
-            portforward,
-            self.api.core.connect_get_namespaced_pod_portforward,
-            self.pod,
-            self.namespace,
-            ports=str(self.remote_port),
-        )
+        with self._opening:
+            return self.api.call(
+                portforward,
+                self.api.core.connect_get_namespaced_pod_portforward,
+                self.pod,
+                self.namespace,
+                ports=str(self.remote_port),
+            )
 
     def start(self) -> PortForwarder:
         """Open the first websocket (raising a user error if that fails) and accept."""
@@ -60,6 +66,7 @@ class PortForwarder:
             self._spare = self._open_websocket()
         except BaseException:
             self._listener.close()
+            self.api.close()
             raise
         self._accepter = threading.Thread(
             target=self._accept_loop,
@@ -132,6 +139,7 @@ class PortForwarder:
                 spare.close()
         if self._accepter is not None:
             self._accepter.join(timeout=5)
+        self.api.close()
 
 
 def _pipe(local: socket.socket, remote: Any) -> None:

@@ -43,7 +43,7 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.mode == "standard":
-            self._status = self._console.status(f"{self._task}…", spinner=SPINNER)
+            self._status = self._console.status(escape(f"{self._task}…"), spinner=SPINNER)
             self._status.start()
             self._draw(f"{self._task}…")
         return self
@@ -76,7 +76,7 @@ class Progress:
         assert self._status is not None
         # Passing the spinner makes rich draw at once (a text-only update waits for the
         # refresh thread), so even a step shorter than a frame is shown.
-        self._status.update(text, spinner=SPINNER)
+        self._status.update(escape(text), spinner=SPINNER)
 
     def _plain(self, text: str) -> None:
         self._console.print(f"mirrord: {text}", markup=False, emoji=False)
