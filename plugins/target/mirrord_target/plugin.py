@@ -76,4 +76,5 @@ def spawn_agent(config: Any, target: ResolvedTarget | None) -> AgentEndpoint | N
         else float(agent.communication_timeout),
         log_level=agent.log_level,
         network_interface=agent.network_interface,
+        pause=agent.pause,
     )

@@ -344,6 +344,7 @@ def test_closing_the_listener_ends_the_steal(
 def test_ignore_localhost_leaves_loopback_listeners_alone(
     sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
 ) -> None:
+    wait_until_pod_answers(sandbox)  # a redirect an earlier test's agent left expires
     port = free_port()
     config = steal_config(port, ignore_localhost=True)
     command = [*app_command("python", port, site), "--bind", "127.0.0.1"]
