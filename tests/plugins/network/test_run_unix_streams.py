@@ -26,7 +26,8 @@ from mirrord_core.sandbox import Sandbox
 from mirrord_core.sandbox.demo import demo_pods
 
 #: A socket of this machine that no run may reach (the pod's symlinks point at it).
-HOST_SOCKET = Path("/run/mirrord-test-unix-streams-host.sock")
+# Per test run: concurrent runs of this module must not reach each other's socket.
+HOST_SOCKET = Path(f"/run/mirrord-test-unix-streams-host-{os.getpid()}.sock")
 ABSTRACT_NAME = "mirrord-test-unix-streams"
 
 #: A unix HTTP/1.0 server: answers which socket was reached and the request line.
