@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import struct
+import sys
 
 from mirrord_core.protocol.errors import FrameTooLarge, TruncatedFrame
 
@@ -91,6 +92,12 @@ async def write_frame(
 DIRECT_BODY_THRESHOLD = 16 * 1024
 #: The buffer that headers and smaller frames are received into (several per receive).
 SCRATCH_SIZE = 64 * 1024
+#: Frame body buffers are reused in sizes that are multiples of this.
+BODY_BUFFER_GRANULE = 64 * 1024
+#: Largest body buffer kept for reuse (a ``stream_data`` frame of 1 MiB fits).
+MAX_KEPT_BODY_BUFFER = 1024 * 1024 + BODY_BUFFER_GRANULE
+#: How many recent body buffers are considered for reuse.
+KEPT_BODY_BUFFERS = 8
 #: How much a receive takes when the next frame is probably large again (bulk data comes
 #: in runs of large frames): enough for its header, little of its body to copy.
 LARGE_FRAME_HEAD_READ = 4 * 1024
@@ -119,10 +126,11 @@ class FrameReader(asyncio.StreamReader):
         self._scratch_view = memoryview(self._scratch)
         self._start = 0
         self._end = 0
-        # A large frame's body being received in place.
+        # A large frame's body being received in place, into (the start of) _body.
         self._body: bytearray | None = None
         self._body_view = memoryview(b"")
         self._body_filled = 0
+        self._body_buffers = _BodyBuffers()
         # The last frame was received directly: the next one likely is too.
         self._bulk = False
         # Complete frame bodies not yet taken by next_frame().
@@ -173,6 +181,7 @@ class FrameReader(asyncio.StreamReader):
         self._ready_size = 0
         self._body = None
         self._body_view = memoryview(b"")
+        self._body_buffers = _BodyBuffers()
         self._start = self._end = 0
         self._parse_error = None
         transport = self._frame_transport
@@ -251,7 +260,7 @@ class FrameReader(asyncio.StreamReader):
     def _buffer_updated(self, size: int) -> None:
         if self._body is not None:
             self._body_filled += size
-            if self._body_filled == len(self._body):
+            if self._body_filled == len(self._body_view):
                 body = self._body_view.toreadonly()
                 self._body = None
                 self._body_view = memoryview(b"")
@@ -291,11 +300,10 @@ class FrameReader(asyncio.StreamReader):
                 start = body_start + size
                 continue
             if size > DIRECT_BODY_THRESHOLD:
-                # The rest of the body goes straight into its own buffer.
-                body = bytearray(size)
-                body[:received] = view[body_start:end]
-                self._body = body
-                self._body_view = memoryview(body)
+                # The rest of the body goes straight into a buffer of its own.
+                self._body = self._body_buffers.get(size)
+                self._body_view = memoryview(self._body)[:size]
+                self._body_view[:received] = view[body_start:end]
                 self._body_filled = received
                 self._bulk = True
                 start = end
@@ -314,7 +322,8 @@ class FrameReader(asyncio.StreamReader):
     def _raise_if_truncated(self) -> None:
         if self._body is not None:
             raise TruncatedFrame(
-                f"stream ended inside a frame body ({self._body_filled} of {len(self._body)} bytes)"
+                f"stream ended inside a frame body ({self._body_filled} of "
+                f"{len(self._body_view)} bytes)"
             )
         pending = self._end - self._start
         if not pending:
@@ -335,7 +344,7 @@ class FrameReader(asyncio.StreamReader):
             parts += (_HEADER.pack(len(body)), body)
         parts.append(self._scratch_view[self._start : self._end])
         if self._body is not None:
-            parts += (_HEADER.pack(len(self._body)), self._body_view[: self._body_filled])
+            parts += (_HEADER.pack(len(self._body_view)), self._body_view[: self._body_filled])
         return parts
 
     # -- flow control and wake-ups ---------------------------------------------------------
@@ -376,6 +385,33 @@ class FrameReader(asyncio.StreamReader):
         if isinstance(transport, asyncio.ReadTransport):
             with contextlib.suppress(NotImplementedError):
                 transport.resume_reading()
+
+
+class _BodyBuffers:
+    """Buffers for frame bodies, reused once nothing refers to them any more.
+
+    A body is handed out as views of its buffer, which live on in stream buffers and in
+    whatever the application does with the data; a new buffer would cost its allocation,
+    zero-filling and page faults every time (the allocator gives large blocks back to the
+    system when they are freed). A buffer is reused only when its reference count shows
+    that nothing but this pool holds it: every view of a buffer keeps a reference to it.
+    """
+
+    def __init__(self) -> None:
+        self._recent: collections.deque[bytearray] = collections.deque(maxlen=KEPT_BODY_BUFFERS)
+
+    def get(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes that nothing else refers to (contents stale)."""
+        capacity = -(-size // BODY_BUFFER_GRANULE) * BODY_BUFFER_GRANULE
+        if capacity > MAX_KEPT_BODY_BUFFER:
+            return bytearray(size)
+        for buffer in self._recent:
+            # References: the deque, this loop's variable and getrefcount's argument.
+            if len(buffer) == capacity and sys.getrefcount(buffer) == 3:
+                return buffer
+        buffer = bytearray(capacity)
+        self._recent.append(buffer)
+        return buffer
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):

@@ -408,3 +408,33 @@ async def test_stream_echo_of_writes_of_every_size_through_one_connection() -> N
 
         _, echoed = await asyncio.gather(send(), stream.read_all())
         assert echoed == b"".join(pieces)
+
+
+@async_test(timeout=20)
+async def test_a_body_buffer_is_reused_only_once_nothing_refers_to_it() -> None:
+    reader = FrameReader(limit=1024)
+    assert reader.start_frames()
+    size = DIRECT_BODY_THRESHOLD * 4
+
+    async def frame_of(fill: int) -> memoryview:
+        reader.feed_data(encode_frame(bytes([fill]) * size))
+        frame = await reader.next_frame()
+        assert isinstance(frame, memoryview)
+        return frame
+
+    first = await frame_of(1)
+    second = await frame_of(2)
+    # Both are alive: each has a buffer of its own, and neither changed.
+    first_buffer, second_buffer = id(first.obj), id(second.obj)
+    assert first_buffer != second_buffer
+    kept = first[10:20]  # any view of a buffer keeps it in use
+    del first
+    third = await frame_of(3)
+    assert id(third.obj) not in (first_buffer, second_buffer)
+    assert bytes(kept) == b"\x01" * 10 and bytes(second) == b"\x02" * size
+    del kept
+    fourth = await frame_of(4)
+    # Nothing referred to the first buffer any more: it carries the fourth frame.
+    assert id(fourth.obj) == first_buffer
+    assert bytes(fourth) == b"\x04" * size
+    assert bytes(second) == b"\x02" * size and bytes(third) == b"\x03" * size

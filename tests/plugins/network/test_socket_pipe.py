@@ -1,7 +1,8 @@
-"""The outgoing TCP pipe (``tcp_connect`` on ``mirrord_network.socket_pipe``) over real sockets.
+"""Sockets piped to streams (``mirrord_network.socket_pipe``) over real sockets: the agent's
+outgoing TCP pipe (``tcp_connect``) and the local ``TcpRelay``.
 
 A protocol server serves ``net.tcp_connect`` streams with the agent's own handler; the
-targets are TCP servers on 127.0.0.1 in this process.
+targets (and the "tracees" of the relay) are TCP sockets on 127.0.0.1 in this process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mirrord_core.protocol import (
     open_connection,
 )
 from mirrord_network.agent.outgoing import tcp_connect
+from mirrord_network.local.relays import TcpRelay
 from mirrord_network.messages import TCP_CONNECT_STREAM, TcpConnect
 from mirrord_network.socket_pipe import run_both
 
@@ -65,6 +67,20 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         writer.write(data)
         await writer.drain()
     writer.close()
+
+
+def reading_until_closed(ended: asyncio.Future[bytes]) -> TargetHandler:
+    """A target that reads until the connection ends: ``ended`` gets what it read (or the
+    repr of the error that ended it)."""
+
+    async def read_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            ended.set_result(await reader.read())
+        except ConnectionError as exc:
+            ended.set_result(repr(exc).encode())
+        writer.close()
+
+    return read_until_closed
 
 
 @async_test(timeout=60)
@@ -134,13 +150,7 @@ async def test_a_reset_by_the_target_resets_the_stream_with_its_errno() -> None:
 @async_test()
 async def test_a_reset_stream_closes_the_target_connection_and_frees_the_stream() -> None:
     ended: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    async def read_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            ended.set_result(await reader.read())
-        except ConnectionError as exc:
-            ended.set_result(repr(exc).encode())
-        writer.close()
+    read_until_closed = reading_until_closed(ended)
 
     async with piping(read_until_closed) as (connection, server, port):
         stream = await open_pipe(connection, port)
@@ -188,3 +198,78 @@ async def test_run_both_waits_for_both() -> None:
 
     await run_both(after(0.05, "slow"), after(0.0, "fast"))
     assert finished == ["fast", "slow"]
+
+
+# -- the local relay: tracee socket ⇄ stream ⇄ target socket --------------------------------
+
+
+@contextlib.asynccontextmanager
+async def relayed(
+    connection: Connection, port: int
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A "tracee" connection to a TcpRelay piping to the target on ``port``."""
+    relay = TcpRelay(await open_pipe(connection, port))
+    running = asyncio.create_task(relay.run())
+    reader, writer = await asyncio.open_connection(*relay.address)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        await asyncio.wait_for(running, 10)
+
+
+@async_test(timeout=60)
+async def test_a_relay_carries_bulk_data_both_ways() -> None:
+    payload = random.Random(9).randbytes(8 * 1024 * 1024 + 5)
+    async with (
+        piping(echo) as (connection, _server, port),
+        relayed(connection, port) as (reader, writer),
+    ):
+
+        async def send() -> None:
+            for offset in range(0, len(payload), 70_000):
+                writer.write(payload[offset : offset + 70_000])
+                await writer.drain()
+            writer.write_eof()
+
+        _, echoed = await asyncio.gather(send(), reader.read())
+        assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+
+
+@async_test()
+async def test_a_reset_by_the_target_reaches_the_tracee_as_a_reset() -> None:
+    async def answer_then_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(5)
+        writer.write(b"bye")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async with (
+        piping(answer_then_reset) as (connection, _server, port),
+        relayed(connection, port) as (reader, writer),
+    ):
+        writer.write(b"hello")
+        assert await reader.readexactly(3) == b"bye"
+        with pytest.raises(ConnectionResetError):
+            await reader.read()
+
+
+@async_test()
+async def test_a_reset_by_the_tracee_ends_the_target_connection() -> None:
+    ended: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    read_until_closed = reading_until_closed(ended)
+
+    async with (
+        piping(read_until_closed) as (connection, _server, port),
+        relayed(connection, port) as (_reader, writer),
+    ):
+        writer.write(b"some data")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        outcome = await asyncio.wait_for(ended, 10)
+        assert b"some data".startswith(outcome) or outcome.startswith(b"Connection")

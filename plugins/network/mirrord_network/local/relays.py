@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from mirrord_core.protocol import Stream
 from mirrord_network.local.remote_network import RemoteDatagrams
+from mirrord_network.socket_pipe import run_both, socket_to_stream, stream_to_socket
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +68,22 @@ class TcpRelay:
             # second write back until the tracee's delayed ACK (tens of milliseconds).
             if connection.family != socket.AF_UNIX:
                 connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.gather(
-                self._upstream(loop, connection),
-                self._downstream(loop, connection),
-                return_exceptions=True,
-            )
+            # A failed direction ends the other one too: after a remote reset the tracee gets
+            # its reset now, not once it happens to send or close.
+            with contextlib.suppress(Exception):
+                await run_both(self._upstream(connection), self._downstream(connection))
         await self._close_stream()
 
-    async def _upstream(self, loop: asyncio.AbstractEventLoop, connection: socket.socket) -> None:
+    async def _upstream(self, connection: socket.socket) -> None:
         try:
-            while data := await loop.sock_recv(connection, PIPE_CHUNK):
-                await self.stream.write(data)
-            await self.stream.end()
+            await socket_to_stream(connection, self.stream, PIPE_CHUNK)
         except OSError:
             # The tracee reset its socket: so does the remote side.
             self.stream.reset("local connection reset")
 
-    async def _downstream(self, loop: asyncio.AbstractEventLoop, connection: socket.socket) -> None:
+    async def _downstream(self, connection: socket.socket) -> None:
         try:
-            while data := await self.stream.read():
-                await loop.sock_sendall(connection, data)
+            await stream_to_socket(self.stream, connection)
         except Exception:
             # The remote side reset (or the session ended): the tracee sees a reset.
             with contextlib.suppress(OSError):
@@ -94,8 +91,6 @@ class TcpRelay:
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
             raise
-        with contextlib.suppress(OSError):
-            connection.shutdown(socket.SHUT_WR)
 
     async def _close_stream(self) -> None:
         with contextlib.suppress(Exception):
