@@ -16,7 +16,13 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class SyscallHandler(Protocol):
-    """Handles some trapped syscalls of the user's process tree."""
+    """Handles some trapped syscalls of the user's process tree.
+
+    Optionally also ``continue_paths``: syscall name -> (index of its path argument, the
+    paths, as ``bytes``, for which the answer is always ``CONTINUE``). The engine answers
+    those itself without calling :meth:`handle` when this is the syscall's only handler
+    (``docs/interception.md``, "Paths that always continue").
+    """
 
     #: Names of the syscalls this handler needs trapped (``"openat"``, ``"connect"`` …).
     #: Only these are trapped; names the running architecture lacks (``open`` on

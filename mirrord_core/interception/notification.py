@@ -103,13 +103,12 @@ class Notification:
 
     __slots__ = (
         "_answered",
+        "_fields",
+        "_last_string",
         "_listener",
         "_tgid",
-        "arch",
         "args",
-        "flags",
         "id",
-        "instruction_pointer",
         "nr",
         "pid",
         "syscall",
@@ -118,25 +117,39 @@ class Notification:
     def __init__(self, listener: Listener, fields: tuple[int, ...], syscall: str) -> None:
         """``fields``: ``struct seccomp_notif`` unpacked (id, pid, flags, nr, arch,
         instruction pointer, six arguments)."""
+        # One of these is made per trapped syscall: only what handlers use is copied out.
         self._listener = listener
-        (
-            self.id,
-            self.pid,
-            self.flags,
-            self.nr,
-            self.arch,
-            self.instruction_pointer,
-        ) = fields[:6]
+        self._fields = fields
+        self.id: int = fields[0]
+        self.pid: int = fields[1]
+        self.nr: int = fields[3]
         self.args = fields[6:12]
         #: The syscall's name (``"openat"``).
         self.syscall = syscall
         # list.pop() is atomic under the GIL: whoever pops the token answers.
         self._answered: list[bool] = [True]
         self._tgid: int | None = None
+        # (address, string) of the last read_string (the supervisor may have made it).
+        self._last_string: tuple[int, bytes] | None = None
 
     def __repr__(self) -> str:
         args = ", ".join(hex(a) for a in self.args)
         return f"<Notification {self.id} pid={self.pid} {self.syscall}({args})>"
+
+    @property
+    def flags(self) -> int:
+        """``struct seccomp_notif``'s ``flags`` (none are defined yet)."""
+        return self._fields[2]
+
+    @property
+    def arch(self) -> int:
+        """The syscall's ``AUDIT_ARCH_*`` value."""
+        return self._fields[4]
+
+    @property
+    def instruction_pointer(self) -> int:
+        """Where the tracee made the syscall."""
+        return self._fields[5]
 
     # -- about the tracee --------------------------------------------------------------
 
@@ -168,11 +181,15 @@ class Notification:
 
         Raises :class:`~mirrord_core.interception.tracee_memory.TraceeMemoryError`.
         """
+        last = self._last_string
+        if last is not None and last[0] == address and len(last[1]) < max_length:
+            return last[1]  # read for this syscall already (by the supervisor, say)
         memory = self._listener.memory
         opens = memory.opens
         data = memory.read_string(self.pid, address, max_length)
         if memory.opens != opens:
             self._check_fresh_fd()
+        self._last_string = (address, data)
         return data
 
     def read_memory(self, address: int, size: int) -> bytes:

@@ -14,12 +14,12 @@ import fcntl
 import logging
 import select
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from mirrord_core.handler_protocols import SyscallHandler
 from mirrord_core.interception import capabilities, kernel
 from mirrord_core.interception import seccomp_abi as abi
-from mirrord_core.interception.answers import DEFERRED
+from mirrord_core.interception.answers import CONTINUE, DEFERRED
 from mirrord_core.interception.notification import Listener, Notification
 from mirrord_core.interception.process_tree import EXEC_SYSCALLS, ProcessSkipper
 from mirrord_core.interception.tracee_memory import TraceeMemory
@@ -72,6 +72,7 @@ class Supervisor:
                     dispatch.setdefault(table[name], []).append(handler)
         self._dispatch = {number: tuple(found) for number, found in dispatch.items()}
         self._exec_numbers = frozenset(table[n] for n in EXEC_SYSCALLS if n in table)
+        self._continue_paths = _continue_paths(self._dispatch, self._names)
 
         self._memory = TraceeMemory()
         self._listener = Listener(listener_fd, self._memory)
@@ -172,6 +173,9 @@ class Supervisor:
         continue_flag = abi.SECCOMP_USER_NOTIF_FLAG_CONTINUE
         names = self._names
         dispatch = self._dispatch
+        continue_paths = self._continue_paths
+        memory = self._memory
+        read_string = memory.read_string
         skipper = self._skipper if self._skipper else None
         blocking = self._blocking_recv
         poller = select.poll()
@@ -199,7 +203,34 @@ class Supervisor:
             self.received += 1
             fields = unpack(buffer)
             nr = fields[3]
+            last_string = None
+            paths = continue_paths.get(nr)
+            if paths is not None and fields[paths[0]]:
+                # The hottest path (a program's stats of its own files): one read of the
+                # path and one lookup, then the answer — no objects, no handler call.
+                # (A task that died meanwhile gets an answer nobody waits for.)
+                address = fields[paths[0]]
+                opens = memory.opens
+                try:
+                    path = read_string(fields[1], address)
+                except OSError:
+                    path = None  # the handler reads it again, and decides
+                if path is not None:
+                    if path in paths[1]:
+                        try:
+                            fcntl.ioctl(
+                                fd, respond, continue_response(fields[0], 0, 0, continue_flag)
+                            )
+                        except OSError as error:
+                            if error.errno != errno.ENOENT:
+                                log.warning("answering %d failed: %s", fields[0], error)
+                        continue
+                    if memory.opens == opens:
+                        # Kept for the handler; a new fd (the task id may be another
+                        # task's) is read again, and checked, by Notification.read_string.
+                        last_string = (address, path)
             notification = Notification(listener, fields, names.get(nr) or str(nr))
+            notification._last_string = last_string
             # Written out inline: this runs for every trapped syscall.
             handler = None
             try:
@@ -210,9 +241,10 @@ class Supervisor:
                         if answer is not None:
                             break
                 handler = None
-                if answer is None:
-                    # Nobody wants it: answered here without the listener's lock (stop()
-                    # closes the listener only after this thread ended).
+                if answer is None or answer is CONTINUE:
+                    # Nobody wants it, or it runs natively (the most common answer):
+                    # answered here, without the listener's lock (stop() closes the
+                    # listener only after this thread ended) or any further call.
                     notification._claim()
                     fcntl.ioctl(fd, respond, continue_response(fields[0], 0, 0, continue_flag))
                 elif answer is not DEFERRED:
@@ -263,3 +295,25 @@ class Supervisor:
             notification.respond_continue()
         except Exception:
             log.exception("could not answer %r", notification)
+
+
+def _continue_paths(
+    dispatch: dict[int, tuple[SyscallHandler, ...]], names: dict[int, str]
+) -> dict[int, tuple[int, Collection[bytes]]]:
+    """Syscall number -> (index of the path argument in ``struct seccomp_notif``'s fields,
+    the paths that always continue), for the syscalls whose *only* handler declares such
+    paths (``continue_paths``; with several handlers the order of asking must hold)."""
+    table = {}
+    for number, handlers in dispatch.items():
+        if len(handlers) != 1:
+            continue
+        declared = getattr(handlers[0], "continue_paths", None) or {}
+        entry = declared.get(names[number])
+        if entry is not None:
+            argument, paths = entry
+            table[number] = (_FIRST_ARGUMENT + argument, paths)
+    return table
+
+
+#: Where the six syscall arguments start in the unpacked ``struct seccomp_notif``.
+_FIRST_ARGUMENT = 6

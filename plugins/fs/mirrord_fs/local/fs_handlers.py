@@ -62,6 +62,7 @@ from mirrord_fs.local.tracee_paths import (
     AT_SYMLINK_NOFOLLOW,
     TraceePath,
     base_directory,
+    normalize,
     resolve,
     signed32,
     signed64,
@@ -116,6 +117,23 @@ STAT_SIZE = {"x86_64": 144, "aarch64": 128}
 STATX_SIZE = 256
 #: How long a worker waits for the mount to come up.
 MOUNT_WAIT = 60.0
+#: Decisions remembered, per kind of cache (beyond that the oldest is forgotten first).
+DECISION_CACHE = 16384
+_LOCAL = Decision.LOCAL
+_REMOTE = Decision.REMOTE
+#: Syscalls that only read, whose answer is ``CONTINUE`` whenever their absolute path is
+#: local (whatever the other arguments say): the index of their path argument.
+_LOCAL_READ_PATH_ARGUMENT = {
+    "stat": 0,
+    "lstat": 0,
+    "newfstatat": 1,
+    "statx": 1,
+    "access": 0,
+    "faccessat": 1,
+    "faccessat2": 1,
+    "readlink": 0,
+    "readlinkat": 1,
+}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -165,7 +183,20 @@ class RemoteFsHandler:
         self.writable = writable
         # The policy is fixed for the run and programs ask about the same paths again and
         # again (a stat loop, every import's directories): its regexes run once per path.
-        self._policy_decide = functools.lru_cache(maxsize=16384)(policy.decide)
+        self._policy_decide = functools.lru_cache(maxsize=DECISION_CACHE)(policy.decide)
+        # An absolute path means the same whoever asks and wherever they are: its final
+        # decision is kept by the bytes read from the tracee (one dict per write flag), so
+        # a local path costs one read of tracee memory and one lookup — no decoding, no
+        # resolving, no objects. Only the notification thread uses them.
+        self._read_decisions: dict[bytes, Decision] = {}
+        self._write_decisions: dict[bytes, Decision] = {}
+        # The absolute paths whose reads are local, as the engine's fast path wants them
+        # (docs/interception.md): it answers those syscalls without calling handle().
+        self._local_reads: set[bytes] = set()
+        self.continue_paths = {
+            name: (argument, self._local_reads)
+            for name, argument in _LOCAL_READ_PATH_ARGUMENT.items()
+        }
         if isinstance(mount, RemoteMount):
             future: concurrent.futures.Future[RemoteMount] = concurrent.futures.Future()
             future.set_result(mount)
@@ -284,11 +315,49 @@ class RemoteFsHandler:
             # An unreadable argument (EFAULT) or a tracee that is gone: the kernel answers.
             return CONTINUE
 
-    def _target(self, notification: Notification, dirfd: int, address: int) -> TraceePath | None:
+    def _locate(
+        self, notification: Notification, dirfd: int, address: int, write: bool
+    ) -> tuple[Decision | None, TraceePath | None]:
+        """The decision for one path argument, with the resolved path unless it is
+        ``LOCAL``. ``(None, None)`` when there is nothing to decide (a ``NULL`` or empty
+        path, an unknown base directory): the syscall should run, the kernel answers it."""
         if address == 0:
-            return None
+            return None, None
         raw = notification.read_string(address)
-        return resolve(notification.pid, dirfd, raw, self._mount_prefix)
+        if raw[:1] == b"/":
+            # The hot path (every local stat and open of a program): one dict lookup.
+            decision = (self._write_decisions if write else self._read_decisions).get(raw)
+            if decision is None:
+                decision = self._remember_absolute(raw, write)
+            if decision is _LOCAL:
+                return decision, None
+            text = os.fsdecode(raw)
+            return decision, TraceePath(normalize(text), exact=text)
+        target = resolve(notification.pid, signed32(dirfd), raw, self._mount_prefix)
+        if target is None:
+            return None, None
+        return self._decide(target, write), target
+
+    def _remember_absolute(self, raw: bytes, write: bool) -> Decision:
+        """Decide for the absolute path ``raw`` and keep the decision (bounded)."""
+        decision = self._decide(TraceePath(normalize(os.fsdecode(raw))), write)
+        cache = self._write_decisions if write else self._read_decisions
+        if len(cache) >= DECISION_CACHE:
+            oldest = next(iter(cache))
+            del cache[oldest]
+            if not write:
+                self._local_reads.discard(oldest)
+        cache[raw] = decision
+        if not write and decision is _LOCAL:
+            self._local_reads.add(raw)
+        return decision
+
+    def _remote_read_target(
+        self, notification: Notification, dirfd: int, address: int
+    ) -> TraceePath | None:
+        """The path argument if a read-only operation on it is served remotely."""
+        decision, target = self._locate(notification, dirfd, address, False)
+        return target if decision is _REMOTE else None
 
     def _decide(self, target: TraceePath, write: bool) -> Decision:
         decision = self._policy_decide(target.path, write)
@@ -347,11 +416,8 @@ class RemoteFsHandler:
             flags, mode, _resolve = struct.unpack("=QQQ", how)
             dirfd, address = signed32(args[0]), args[1]
         flags &= 0xFFFFFFFF
-        target = self._target(notification, dirfd, address)
-        if target is None:
-            return CONTINUE
-        decision = self._decide(target, _writes(flags))
-        if decision is Decision.LOCAL:
+        decision, target = self._locate(notification, dirfd, address, _writes(flags))
+        if target is None or decision is Decision.LOCAL:
             return CONTINUE
         if decision is Decision.READ_ONLY:
             return Errno(errno.EROFS)
@@ -368,16 +434,6 @@ class RemoteFsHandler:
 
     # -- stat family ---------------------------------------------------------------------------
 
-    def _remote_read(
-        self, notification: Notification, dirfd: int, address: int, job: Callable[[TraceePath], Job]
-    ) -> Answer:
-        target = self._target(notification, dirfd, address)
-        if target is None:
-            return CONTINUE
-        if self._decide(target, write=False) is not Decision.REMOTE:
-            return CONTINUE
-        return self._defer(notification, job(target))
-
     def _stat(self, notification: Notification) -> Answer:
         args = notification.args
         name = notification.syscall
@@ -386,49 +442,47 @@ class RemoteFsHandler:
             if name == "lstat":
                 flags = AT_SYMLINK_NOFOLLOW
         else:
-            dirfd, address, buffer, flags = signed32(args[0]), args[1], args[2], args[3]
+            # The dirfd register as it is: it only matters for a relative path (_locate).
+            dirfd, address, buffer, flags = args[0], args[1], args[2], args[3]
+        decision, target = self._locate(notification, dirfd, address, False)
+        if decision is not _REMOTE or target is None:
+            return CONTINUE
         size = self._stat_size
 
-        def job(target: TraceePath) -> Job:
-            def run(root: int) -> Answer:
-                fd = _open_path(root, target, nofollow=bool(flags & AT_SYMLINK_NOFOLLOW))
-                try:
-                    result = ctypes.create_string_buffer(size)
-                    _syscall("newfstatat", ctypes.c_int(fd), b"", result, AT_EMPTY_PATH)
-                finally:
-                    os.close(fd)
-                notification.write_memory(buffer, result.raw)
-                return Value(0)
+        def job(root: int) -> Answer:
+            result = ctypes.create_string_buffer(size)
+            _on_path(
+                root,
+                target,
+                flags,
+                lambda fd: _syscall("newfstatat", ctypes.c_int(fd), b"", result, AT_EMPTY_PATH),
+            )
+            notification.write_memory(buffer, result.raw)
+            return Value(0)
 
-            return run
-
-        return self._remote_read(notification, dirfd, address, job)
+        return self._defer(notification, job)
 
     def _statx(self, notification: Notification) -> Answer:
         args = notification.args
-        dirfd, address, flags, mask, buffer = signed32(args[0]), args[1], args[2], args[3], args[4]
+        dirfd, address, flags, mask, buffer = args[0], args[1], args[2], args[3], args[4]
+        target = self._remote_read_target(notification, dirfd, address)
+        if target is None:
+            return CONTINUE
 
-        def job(target: TraceePath) -> Job:
-            def run(root: int) -> Answer:
-                fd = _open_path(root, target, nofollow=bool(flags & AT_SYMLINK_NOFOLLOW))
-                try:
-                    result = ctypes.create_string_buffer(STATX_SIZE)
-                    _syscall(
-                        "statx",
-                        ctypes.c_int(fd),
-                        b"",
-                        ctypes.c_int(AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE)),
-                        ctypes.c_uint(mask & 0xFFFFFFFF),
-                        result,
-                    )
-                finally:
-                    os.close(fd)
-                notification.write_memory(buffer, result.raw)
-                return Value(0)
+        def job(root: int) -> Answer:
+            result = ctypes.create_string_buffer(STATX_SIZE)
+            sync = ctypes.c_int(AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE))
+            wanted = ctypes.c_uint(mask & 0xFFFFFFFF)
+            _on_path(
+                root,
+                target,
+                flags,
+                lambda fd: _syscall("statx", ctypes.c_int(fd), b"", sync, wanted, result),
+            )
+            notification.write_memory(buffer, result.raw)
+            return Value(0)
 
-            return run
-
-        return self._remote_read(notification, dirfd, address, job)
+        return self._defer(notification, job)
 
     def _access(self, notification: Notification) -> Answer:
         args = notification.args
@@ -436,65 +490,63 @@ class RemoteFsHandler:
         if name == "access":
             dirfd, address, mode, flags = AT_FDCWD, args[0], args[1], 0
         else:
-            dirfd, address, mode = signed32(args[0]), args[1], args[2]
+            dirfd, address, mode = args[0], args[1], args[2]
             flags = args[3] if name == "faccessat2" else 0
+        target = self._remote_read_target(notification, dirfd, address)
+        if target is None:
+            return CONTINUE
 
-        def job(target: TraceePath) -> Job:
-            def run(root: int) -> Answer:
-                fd = _open_path(root, target, nofollow=bool(flags & AT_SYMLINK_NOFOLLOW))
-                try:
-                    _syscall(
-                        "faccessat2",
-                        ctypes.c_int(fd),
-                        b"",
-                        ctypes.c_int(mode & 7),
-                        ctypes.c_int(AT_EMPTY_PATH | (flags & AT_EACCESS)),
-                    )
-                finally:
-                    os.close(fd)
-                return Value(0)
+        def job(root: int) -> Answer:
+            how = ctypes.c_int(AT_EMPTY_PATH | (flags & AT_EACCESS))
+            _on_path(
+                root,
+                target,
+                flags,
+                lambda fd: _syscall(
+                    "faccessat2", ctypes.c_int(fd), b"", ctypes.c_int(mode & 7), how
+                ),
+            )
+            return Value(0)
 
-            return run
-
-        return self._remote_read(notification, dirfd, address, job)
+        return self._defer(notification, job)
 
     def _readlink(self, notification: Notification) -> Answer:
         args = notification.args
         if notification.syscall == "readlink":
             dirfd, address, buffer, size = AT_FDCWD, args[0], args[1], signed32(args[2])
         else:
-            dirfd, address, buffer, size = signed32(args[0]), args[1], args[2], signed32(args[3])
+            dirfd, address, buffer, size = args[0], args[1], args[2], signed32(args[3])
+        target = self._remote_read_target(notification, dirfd, address)
+        if target is None:
+            return CONTINUE
 
-        def job(target: TraceePath) -> Job:
-            def run(root: int) -> Answer:
-                if size <= 0:
-                    raise OSError(errno.EINVAL, "bad buffer size")
-                # The target as stored in the target, not the mount's confined rewrite.
-                link = os.fsencode(self._mount().readlink(target.in_target))[:size]
-                notification.write_memory(buffer, link)
-                return Value(len(link))
+        def job(root: int) -> Answer:
+            if size <= 0:
+                raise OSError(errno.EINVAL, "bad buffer size")
+            # The target as stored in the target, not the mount's confined rewrite.
+            link = os.fsencode(self._mount().readlink(target.in_target))[:size]
+            notification.write_memory(buffer, link)
+            return Value(len(link))
 
-            return run
-
-        return self._remote_read(notification, dirfd, address, job)
+        return self._defer(notification, job)
 
     # -- working directory ---------------------------------------------------------------------
 
     def _chdir(self, notification: Notification) -> Answer:
         """A remote directory becomes the working directory as its directory on the mount:
         the tracee itself calls ``fchdir`` on a confined descriptor of it (ptrace)."""
+        target = self._remote_read_target(notification, AT_FDCWD, notification.args[0])
+        if target is None:
+            return CONTINUE
 
-        def job(target: TraceePath) -> Job:
-            def run(root: int) -> Answer:
-                # Not O_PATH: SECCOMP_IOCTL_NOTIF_ADDFD refuses those (EBADF).
-                directory = open_in_root(
-                    root, _relative(target.in_target), os.O_RDONLY | os.O_DIRECTORY
-                )
-                return _ChangeDirectory(directory)
+        def job(root: int) -> Answer:
+            # Not O_PATH: SECCOMP_IOCTL_NOTIF_ADDFD refuses those (EBADF).
+            directory = open_in_root(
+                root, _relative(target.in_target), os.O_RDONLY | os.O_DIRECTORY
+            )
+            return _ChangeDirectory(directory)
 
-            return run
-
-        return self._remote_read(notification, AT_FDCWD, notification.args[0], job)
+        return self._defer(notification, job)
 
     def _getcwd(self, notification: Notification) -> Answer:
         """A working directory on the mount reads as the target's path."""
@@ -523,11 +575,12 @@ class RemoteFsHandler:
         resolved = []
         decisions = set()
         for dirfd, address in targets:
-            target = self._target(notification, dirfd, address)
-            if target is None:
+            decision, target = self._locate(notification, dirfd, address, True)
+            if decision is None:
                 return CONTINUE
-            resolved.append(target)
-            decisions.add(self._decide(target, write=True))
+            decisions.add(decision)
+            if target is not None:
+                resolved.append(target)
         if decisions == {Decision.LOCAL}:
             return CONTINUE
         if Decision.READ_ONLY in decisions:
@@ -714,6 +767,16 @@ def _open_path(root: int, target: TraceePath, *, nofollow: bool) -> int:
     """An ``O_PATH`` descriptor of ``target`` inside the mount's root."""
     flags = os.O_PATH | (os.O_NOFOLLOW if nofollow else 0)
     return open_in_root(root, _relative(target.in_target), flags)
+
+
+def _on_path(root: int, target: TraceePath, flags: int, use: Callable[[int], object]) -> None:
+    """``use(fd)`` with an ``O_PATH`` descriptor of ``target`` (``AT_SYMLINK_NOFOLLOW`` in
+    the syscall's ``flags``: a final symlink is not followed), closed afterwards."""
+    fd = _open_path(root, target, nofollow=bool(flags & AT_SYMLINK_NOFOLLOW))
+    try:
+        use(fd)
+    finally:
+        os.close(fd)
 
 
 class _ChangeDirectory(Answer):
