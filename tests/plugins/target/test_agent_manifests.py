@@ -117,7 +117,7 @@ def test_each_session_gets_its_own_token_and_port(
     specs = [AgentSpec.from_config(agent) for _ in range(8)]
     assert len({s.token for s in specs}) == 8
     assert all(len(s.token) >= 32 for s in specs)
-    assert all(30000 <= s.port < 60000 for s in specs)
+    assert all(10000 <= s.port < 30000 for s in specs)
 
 
 def test_ephemeral_container_targets_the_container_and_shares_its_namespaces(
@@ -159,13 +159,21 @@ def test_image_pull_failures_name_the_image_and_the_settings(reason: str) -> Non
 
 def test_an_agent_that_exited_or_cannot_start_is_reported_not_waited_for() -> None:
     exited = {"terminated": {"exitCode": 1, "reason": "Error"}}
-    with pytest.raises(AgentStartError, match=r"exited before it was ready \(exit code 1, Error"):
-        check_container(_status(exited), "img", "pod p")
+    last_words = "mirrord: error: no process of container 0123 runs on this node"
+    with pytest.raises(AgentStartError) as caught:
+        check_container(_status(exited), "img", "pod p", lambda: last_words)
+    assert str(caught.value) == (
+        f"the agent in pod p exited before it was ready (exit code 1, Error): {last_words}"
+    )
     config_error = {"waiting": {"reason": "CreateContainerConfigError", "message": "bad"}}
     with pytest.raises(AgentStartError, match="cannot start"):
         check_container(_status(config_error), "img", "pod p")
-    # Still coming up: no error.
-    check_container(_status({"waiting": {"reason": "ContainerCreating"}}), "img", "pod p")
+
+    # Still coming up: no error, and no log read.
+    def no_log() -> str:
+        raise AssertionError("the log is read only for an agent that exited")
+
+    check_container(_status({"waiting": {"reason": "ContainerCreating"}}), "img", "pod p", no_log)
     check_container(None, "img", "pod p")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -56,8 +57,28 @@ def image_error(image: str, reason: str, message: str | None) -> AgentImageError
     )
 
 
-def check_container(status: client.V1ContainerStatus | None, image: str, where: str) -> None:
-    """Raise when the agent container's state says it will never become ready."""
+def exited_error(
+    where: str, exit_code: int | None, reason: str | None, detail: str
+) -> AgentStartError:
+    """The agent ended before its ready line; ``detail`` is its last words (log or
+    termination message)."""
+    how = f"exit code {exit_code}" if exit_code is not None else "no exit code"
+    return AgentStartError(
+        f"the agent in {where} exited before it was ready ({how}, "
+        f"{reason or 'no reason given'})" + (f": {_short(detail)}" if detail else "")
+    )
+
+
+def check_container(
+    status: client.V1ContainerStatus | None,
+    image: str,
+    where: str,
+    last_words: Callable[[], str] = lambda: "",
+) -> None:
+    """Raise when the agent container's state says it will never become ready.
+
+    ``last_words`` gives the agent's last log line, asked for only when it exited.
+    """
     state = status.state if status is not None else None
     if state is None:
         return
@@ -70,10 +91,8 @@ def check_container(status: client.V1ContainerStatus | None, image: str, where: 
             f"{_short(waiting.message)}); check agent.image"
         )
     if terminated is not None:
-        raise AgentStartError(
-            f"the agent in {where} exited before it was ready (exit code "
-            f"{terminated.exit_code}, {terminated.reason or 'no reason given'}"
-            f"{': ' + _short(terminated.message) if terminated.message else ''})"
+        raise exited_error(
+            where, terminated.exit_code, terminated.reason, terminated.message or last_words()
         )
 
 
@@ -186,15 +205,10 @@ class AgentWatch:
             self.progress.step("waiting for the agent's pod")
             return False
         status = self.agent_status(pod)
-        check_container(status, self.spec.image, self.where())
+        check_container(status, self.spec.image, self.where(), self._last_log_line)
         phase = pod.status.phase if pod.status else None
         if phase in ("Failed", "Succeeded"):
-            detail = self._last_log_line()
-            raise AgentStartError(
-                f"the agent in {self.where()} exited before it was ready"
-                + (f": {detail}" if detail else "")
-                + f" (see {self._logs_hint()})"
-            )
+            raise exited_error(self.where(), None, f"pod {phase}", self._last_log_line())
         self.progress.step(describe_wait(status, phase))
         if not is_running(status):
             return False

@@ -20,9 +20,11 @@ from mirrord_target.agent_image import DEFAULT_AGENT_IMAGE
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
 AGENT_LABELS = {"app": "mirrord"}
-# The agent listens in its own pod's network namespace: any port is free there. Ports below
-# the usual ephemeral range keep clear of the kernel's automatic choices.
-_PORT_RANGE = (30000, 60000)
+# The agent listens in its own pod's network namespace, where any port is free. The range
+# stays below Linux's ephemeral ports (32768-60999) all the same: where the agent shares a
+# network namespace (an emulated node, hostNetwork), a port the kernel handed to some
+# client connection would make the agent's bind fail.
+_PORT_RANGE = (10000, 30000)
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
 
 

@@ -30,6 +30,8 @@ from mirrord_target.local.kube_client import KubeApi
 log = logging.getLogger("mirrord.target")
 
 _CHUNK = 256 * 1024
+# How long the proxy thread may take to see our end and close its own.
+_FINISH_TIMEOUT = 5.0
 
 
 class PortForwarder:
@@ -109,16 +111,18 @@ class PortForwarder:
                 conn.close()
                 return
             self._open.add(conn)
+        remote = forward.socket(self.remote_port)
         try:
-            _pipe(conn, forward.socket(self.remote_port))
+            _pipe(conn, remote)
         finally:
+            conn.close()
+            _finish(remote)
             error = forward.error(self.remote_port)
             if error:
                 log.warning("port-forward to %s/%s: %s", self.namespace, self.pod, error.strip())
             with self._lock:
                 self._open.discard(conn)
             forward.close()
-            conn.close()
 
     def close(self) -> None:
         """Stop accepting and end every forwarded connection."""
@@ -140,6 +144,20 @@ class PortForwarder:
         if self._accepter is not None:
             self._accepter.join(timeout=5)
         self.api.close()
+
+
+def _finish(remote: Any) -> None:
+    """End our side of a port-forward and let the client's proxy thread finish first.
+
+    Closing the socket at once would break the proxy thread's pipe while it still
+    delivers the agent's last bytes (it then dies with a traceback on stderr): shutting
+    the write side down makes it close its side, which reading sees as EOF.
+    """
+    with contextlib.suppress(OSError):
+        remote.shutdown(socket.SHUT_WR)
+        remote.settimeout(_FINISH_TIMEOUT)
+        while remote.recv(_CHUNK):
+            pass
 
 
 def _pipe(local: socket.socket, remote: Any) -> None:
