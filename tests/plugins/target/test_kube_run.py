@@ -47,11 +47,30 @@ def test_run_deployment_end_to_end(emulated_cluster: Any, run_cli: RunCli) -> No
     result = run_cli("run", "-t", "deployment/web", "--", *PROBE_COMMAND)
     assert result.returncode == 0, result.stderr
     assert result.stdout == PROBE_OUTPUT
+    assert "Traceback" not in result.stderr
     web = pod_of(emulated_cluster, "web")
     assert f"target deployment/web: pod {web.metadata.name}, container web" in result.stderr
     assert "agent ready: job mirrord-agent-" in result.stderr
     # The session's Job is deleted when it ends.
     assert agent_jobs(emulated_cluster) == []
+
+
+def test_ls_takes_kubeconfig_and_namespace_from_the_config_file(
+    emulated_cluster: Any, run_cli: RunCli, tmp_path: Any
+) -> None:
+    config = tmp_path / "mirrord.json"
+    config.write_text(
+        json.dumps(
+            {"kubeconfig": str(emulated_cluster.kubeconfig_path), "target": {"namespace": "other"}}
+        )
+    )
+    # KUBECONFIG names a file that does not exist: the setting wins over it.
+    env = {"KUBECONFIG": str(tmp_path / "missing")}
+    result = run_cli("ls", "-f", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []  # the namespace "other" has no targets
+    default = run_cli("ls", "-f", str(config), "-n", "default", env=env)
+    assert "deployment/web" in json.loads(default.stdout)
 
 
 def test_curl_through_a_deployment_target(emulated_cluster: Any, run_cli: RunCli) -> None:
