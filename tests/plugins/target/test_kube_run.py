@@ -225,3 +225,18 @@ def test_agent_namespace_places_the_job_elsewhere(emulated_cluster: Any, run_cli
         "the agent's namespace nowhere does not exist; set agent.namespace to an existing "
         "namespace (or leave it unset: the target's)"
     )
+
+
+def test_rejected_credentials_say_to_log_in_again(
+    emulated_cluster: Any, run_cli: RunCli, tmp_path: Any
+) -> None:
+    stale = tmp_path / "kubeconfig"
+    stale.write_text(
+        emulated_cluster.kubeconfig_path.read_text().replace(emulated_cluster.token, "expired")
+    )
+    result = run_cli("run", "-t", "deployment/web", "--", "true", env={"KUBECONFIG": str(stale)})
+    line = error_line(result)
+    assert line.startswith(
+        f"the Kubernetes API server at {emulated_cluster.server_url} rejected the credentials"
+    ), line
+    assert line.endswith("log in again or check your kubeconfig (KUBECONFIG / ~/.kube/config)")
