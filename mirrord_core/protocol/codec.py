@@ -385,6 +385,23 @@ def make_converter(registry: MessageRegistry) -> cattrs.Converter:
     return converter
 
 
+@functools.lru_cache(maxsize=1024)
+def _stream_data_map_head(stream_id: int) -> bytes:
+    return _STREAM_DATA_HEAD + msgpack.packb(stream_id) + _DATA_KEY
+
+
+def _stream_data_head(stream_id: int, size: int) -> bytes:
+    """Length prefix and msgpack of a ``StreamData`` frame, up to its ``size`` data bytes."""
+    if size < 0x100:
+        bin_header = _BIN8.pack(0xC4, size)
+    elif size < 0x10000:
+        bin_header = _BIN16.pack(0xC5, size)
+    else:
+        bin_header = _BIN32.pack(0xC6, size)
+    head = _stream_data_map_head(stream_id)
+    return encode_header(len(head) + len(bin_header) + size) + head + bin_header
+
+
 def _pieces(view: memoryview, chunk: int) -> list[memoryview]:
     """``view`` in consecutive slices of at most ``chunk`` bytes (one empty slice if empty)."""
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
@@ -479,29 +496,35 @@ class Codec:
         headers, so the frames can go to the socket with one gathering write. The slices
         are only valid as long as ``data`` is unchanged.
         """
-        if (
-            type(stream_id) is not int
-            or not 1 <= stream_id <= MAX_ID
-            or not self._stream_data_is_registered()
-        ):
+        if not self._stream_data_fast_path(stream_id):
             # Let the general path word the error.
             return [
                 self.encode_frame(StreamData(stream_id=stream_id, data=bytes(piece)))
                 for piece in _pieces(memoryview(data), chunk)
             ]
-        head = _STREAM_DATA_HEAD + msgpack.packb(stream_id) + _DATA_KEY
         parts: list[bytes | memoryview] = []
         for piece in _pieces(memoryview(data), chunk):
-            size = len(piece)
-            if size < 0x100:
-                bin_header = _BIN8.pack(0xC4, size)
-            elif size < 0x10000:
-                bin_header = _BIN16.pack(0xC5, size)
-            else:
-                bin_header = _BIN32.pack(0xC6, size)
-            frame_head = encode_header(len(head) + len(bin_header) + size) + head + bin_header
-            parts += (frame_head, piece)
+            parts += (_stream_data_head(stream_id, len(piece)), piece)
         return parts
+
+    def stream_data_frame_head(self, stream_id: int, size: int) -> bytes:
+        """Everything of the ``StreamData`` frame for ``size`` bytes of data on stream
+        ``stream_id`` that comes before the data (length prefix and msgpack).
+
+        :class:`EncodeError` (or :class:`FrameTooLarge`) for what :meth:`encode_frame`
+        would refuse.
+        """
+        if not self._stream_data_fast_path(stream_id):
+            frame = self.encode_frame(StreamData(stream_id=stream_id, data=bytes(size)))
+            return frame[: len(frame) - size]
+        return _stream_data_head(stream_id, size)
+
+    def _stream_data_fast_path(self, stream_id: int) -> bool:
+        return (
+            type(stream_id) is int
+            and 1 <= stream_id <= MAX_ID
+            and self._stream_data_is_registered()
+        )
 
     def stream_data_payload(self, body: bytes | memoryview) -> tuple[int, memoryview] | None:
         """``(stream_id, data)`` of a ``stream_data`` frame body laid out exactly as

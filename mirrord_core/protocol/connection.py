@@ -61,7 +61,8 @@ from mirrord_core.protocol.messages import (
     WindowUpdate,
 )
 from mirrord_core.protocol.registry import Message
-from mirrord_core.protocol.streams import STREAM_WINDOW, Stream
+from mirrord_core.protocol.splicing import SplicePipe, SpliceUnsupported
+from mirrord_core.protocol.streams import MAX_DATA_CHUNK, STREAM_WINDOW, Stream
 from mirrord_core.protocol.transport import close_transport
 
 log = logging.getLogger("mirrord.protocol")
@@ -181,6 +182,11 @@ class Connection:
             writer.transport.set_write_buffer_limits(high=STREAM_WINDOW)
         self._loop = asyncio.get_running_loop()
         self._direct_fd = _direct_socket_fd(writer.transport)
+        # Sending stream data from sockets: a pipe to splice through, or a buffer.
+        self._pipe: SplicePipe | None = None
+        self._splice_unusable = False
+        self._corkable = hasattr(socket, "TCP_CORK")
+        self._relay_buffer: bytearray | None = None
         #: True on the side that sent ``Hello``.
         self.is_client = is_client
         #: Chosen by the server in ``Welcome``; identifies the session in both sides' logs.
@@ -435,6 +441,92 @@ class Connection:
         # Copied (joined) here: the transport keeps what it cannot send now, and the caller
         # may reuse its buffers once we return.
         self._writer.write(b"".join(parts))
+
+    def _send_stream_data_from(self, stream_id: int, sock: socket.socket, limit: int) -> int:
+        """One ``stream_data`` frame on ``stream_id`` with up to ``limit`` bytes ``sock`` has
+        received, written now (nothing waits); returns how many, ``0`` at the socket's EOF.
+
+        Raises :class:`BlockingIOError` when ``sock`` has nothing yet and the socket's
+        ``OSError``. The caller drains afterwards.
+        """
+        self._raise_if_closed()
+        pipe = self._splice_pipe()
+        if pipe is not None:
+            try:
+                size = pipe.fill_from(sock, limit)
+            except SpliceUnsupported:
+                self._close_splice_pipe()
+                self._splice_unusable = True
+            else:
+                if size:
+                    try:
+                        head = self.codec.stream_data_frame_head(stream_id, size)
+                    except BaseException:
+                        pipe.take()
+                        raise
+                    self._write_spliced(head, pipe)
+                return size
+        if self._relay_buffer is None:
+            self._relay_buffer = bytearray(MAX_DATA_CHUNK)
+        buffer = memoryview(self._relay_buffer)
+        size = sock.recv_into(buffer, min(limit, len(buffer)))
+        if size:
+            self._write_parts(
+                self.codec.stream_data_frame_parts(stream_id, buffer[:size], MAX_DATA_CHUNK)
+            )
+        return size
+
+    def _splice_pipe(self) -> SplicePipe | None:
+        """The pipe for splicing stream data to the connection, if that can work here."""
+        if self._pipe is None and not self._splice_unusable and self._direct_fd is not None:
+            try:
+                self._pipe = SplicePipe(MAX_DATA_CHUNK)
+            except (SpliceUnsupported, OSError):
+                self._splice_unusable = True
+        return self._pipe
+
+    def _close_splice_pipe(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+    def _write_spliced(self, head: bytes, pipe: SplicePipe) -> None:
+        """Write ``head`` and then the data the pipe holds, as one frame; empties the pipe."""
+        transport = self._writer.transport
+        fd = self._direct_fd
+        sent = 0
+        if (
+            fd is not None
+            and self._close_error is None
+            and not transport.get_write_buffer_size()
+            and not transport.is_closing()
+        ):
+            # Corked: the header waits for the data instead of going out as a tiny segment.
+            self._set_cork(True)
+            try:
+                with contextlib.suppress(OSError):
+                    sent = os.write(fd, head)
+                if sent == len(head):
+                    # A broken socket: the transport meets the error on its write below.
+                    with contextlib.suppress(OSError):
+                        pipe.empty_into(fd)
+            finally:
+                self._set_cork(False)
+        rest = pipe.take()
+        if self._close_error is None and (sent < len(head) or rest):
+            # The transport queues what the socket cannot take now, behind which every
+            # later write goes.
+            self._writer.write(head[sent:] + rest)
+
+    def _set_cork(self, on: bool) -> None:
+        if not self._corkable:
+            return
+        try:
+            self._writer.transport.get_extra_info("socket").setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_CORK, on
+            )
+        except (OSError, AttributeError):
+            self._corkable = False  # not TCP (a unix socket): nothing to cork
 
     async def _drain(self) -> None:
         try:
@@ -812,6 +904,7 @@ class Connection:
                 except Exception:
                     log.exception("%r: close callback failed", self)
         finally:
+            self._close_splice_pipe()
             self._closed.set()
 
 

@@ -405,10 +405,17 @@ class _BodyBuffers:
         capacity = -(-size // BODY_BUFFER_GRANULE) * BODY_BUFFER_GRANULE
         if capacity > MAX_KEPT_BODY_BUFFER:
             return bytearray(size)
+        best: bytearray | None = None
         for buffer in self._recent:
-            # References: the deque, this loop's variable and getrefcount's argument.
-            if len(buffer) == capacity and sys.getrefcount(buffer) == 3:
-                return buffer
+            # Free: referred to by the deque, this variable and getrefcount's argument only.
+            if (
+                len(buffer) >= size
+                and sys.getrefcount(buffer) == 3
+                and (best is None or len(buffer) < len(best))
+            ):
+                best = buffer  # the smallest free one that fits
+        if best is not None:
+            return best
         buffer = bytearray(capacity)
         self._recent.append(buffer)
         return buffer

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -45,6 +46,18 @@ MAX_DATA_CHUNK = 1024 * 1024
 WINDOW_UPDATE_THRESHOLD = STREAM_WINDOW // 2
 
 ErrorFactory = Callable[[], BaseException]
+
+
+async def _readable(sock: socket.socket) -> None:
+    """Wait until ``sock`` has something to read (data, its end or an error)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 class Stream:
@@ -245,6 +258,35 @@ class Stream:
                 self._send_credit -= size
                 await self.connection._send_parts(parts)
                 self._raise_if_not_writable()
+
+    async def send_from_socket(self, sock: socket.socket) -> int:
+        """Send what the non-blocking stream socket ``sock`` received, as much as flow control
+        allows now (at least one byte), waiting until it has something; ``0`` once ``sock``
+        reached its end (nothing is sent then: :meth:`end` is up to the caller).
+
+        The same as reading ``sock`` and :meth:`write`, but where the connection allows it
+        the bytes go from ``sock`` to the connection's socket inside the kernel
+        (``splice``), never copied through this process. Raises the socket's ``OSError``
+        (e.g. a reset) and what :meth:`write` raises.
+        """
+        while True:
+            async with self._write_lock:
+                self._ensure_accepted(None)
+                self._raise_if_not_writable()
+                while self._send_credit <= 0:
+                    self._writable.clear()
+                    await self._writable.wait()
+                    self._raise_if_not_writable()
+                limit = min(self._send_credit, MAX_DATA_CHUNK)
+                try:
+                    size = self.connection._send_stream_data_from(self.id, sock, limit)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._send_credit -= size
+                    await self.connection._drain()
+                    return size
+            await _readable(sock)
 
     async def end(self) -> None:
         """Half-close: tell the peer this side sends no more data (idempotent)."""

@@ -1,12 +1,12 @@
 """Moving bytes between a non-blocking stream socket and a protocol stream, without copies.
 
 The two directions of an outgoing connection (agent: target socket ⇄ stream) or of a
-relay (local: tracee socket ⇄ stream). Each byte is copied by the kernel only: the socket
-is read into one buffer that is reused for the whole connection (``Stream.write`` keeps
-no reference to it once it returns), and the stream's data is written to the socket as
-it arrived (``Stream.chunks``), never joined into new ``bytes``. asyncio's stream reader
-and writer would copy every byte into and out of their own buffers, and allocate fresh
-ones as they go.
+relay (local: tracee socket ⇄ stream). What the socket receives goes to the connection
+with ``Stream.send_from_socket`` (spliced inside the kernel where possible, else through
+one reused buffer), and the stream's data is written to the socket as it arrived
+(``Stream.chunks``), never joined into new ``bytes``. asyncio's stream reader and writer
+would copy every byte into and out of their own buffers, and allocate fresh ones as they
+go.
 """
 
 from __future__ import annotations
@@ -19,21 +19,14 @@ from typing import Any
 
 from mirrord_core.protocol import Stream
 
-#: Bytes read from a socket at once: one ``stream_data`` frame at most
-#: (``mirrord_core.protocol.streams.MAX_DATA_CHUNK``).
-READ_CHUNK = 1024 * 1024
 
-
-async def socket_to_stream(sock: socket.socket, stream: Stream, chunk: int = READ_CHUNK) -> None:
+async def socket_to_stream(sock: socket.socket, stream: Stream) -> None:
     """Send everything ``sock`` receives on ``stream``, then end the stream (at EOF).
 
     Raises the socket's ``OSError`` (e.g. a reset) and the stream's errors.
     """
-    loop = asyncio.get_running_loop()
-    buffer = bytearray(chunk)
-    view = memoryview(buffer)
-    while size := await loop.sock_recv_into(sock, buffer):
-        await stream.write(view[:size])
+    while await stream.send_from_socket(sock):
+        pass
     await stream.end()
 
 

@@ -1,7 +1,8 @@
 """The bulk data path: frames received in place, stream data sent and delivered without copies.
 
-``FrameReader`` in frame mode, ``Codec.stream_data_frame_parts`` / ``stream_data_payload``
-and the connection's gathering writes, over real TCP on 127.0.0.1.
+``FrameReader`` in frame mode, ``Codec.stream_data_frame_parts`` / ``stream_data_payload``,
+the connection's gathering writes and ``Stream.send_from_socket`` (spliced or buffered),
+over real TCP on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import contextlib
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import msgpack
@@ -45,7 +47,8 @@ from mirrord_core.protocol.framing import (
     FrameReader,
 )
 from mirrord_core.protocol.messages import MAX_ID
-from mirrord_core.protocol.streams import MAX_DATA_CHUNK
+from mirrord_core.protocol.splicing import SplicePipe
+from mirrord_core.protocol.streams import MAX_DATA_CHUNK, STREAM_WINDOW
 
 TOKEN = "bulk-data-path-token-0123456789"
 CODEC = Codec()
@@ -355,6 +358,22 @@ async def test_a_reused_write_buffer_is_never_sent_twice_or_changed_in_flight() 
         assert answer == str(len(expected)).encode() + b":" + bytes(expected[-64:])
 
 
+async def slow_raw_client(
+    server: ProtocolServer, kind: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A handshaken raw connection with a tiny receive buffer that opened stream 1 of ``kind``
+    (the test reads the frames itself)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, server.address)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    hello = Hello(protocol_version=PROTOCOL_VERSION, token=TOKEN, client_name="raw")
+    writer.write(CODEC.encode_frame(hello))
+    writer.write(CODEC.encode_frame(StreamOpen(stream_id=1, kind=kind, payload=Ok())))
+    return reader, writer
+
+
 @async_test(timeout=60)
 async def test_a_write_the_socket_cannot_take_at_once_is_copied_before_write_returns() -> None:
     # The peer's receive buffer is tiny and it reads nothing until every write returned:
@@ -373,14 +392,7 @@ async def test_a_write_the_socket_cannot_take_at_once_is_copied_before_write_ret
         await stream.end()
 
     async with serving(source=source) as server:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, server.address)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        hello = Hello(protocol_version=PROTOCOL_VERSION, token=TOKEN, client_name="raw")
-        writer.write(CODEC.encode_frame(hello))
-        writer.write(CODEC.encode_frame(StreamOpen(stream_id=1, kind="source", payload=Ok())))
+        reader, writer = await slow_raw_client(server, "source")
         await asyncio.wait_for(written.wait(), 20)
         received = bytearray()
         while len(received) < chunks * MAX_DATA_CHUNK:
@@ -438,3 +450,125 @@ async def test_a_body_buffer_is_reused_only_once_nothing_refers_to_it() -> None:
     assert id(fourth.obj) == first_buffer
     assert bytes(fourth) == b"\x04" * size
     assert bytes(second) == b"\x02" * size and bytes(third) == b"\x03" * size
+
+
+# -- sending what a socket received (splice) -------------------------------------------------
+
+
+def _source_pair(kind: str) -> tuple[socket.socket, socket.socket]:
+    """(feeding end, end the stream sends from), both non-blocking."""
+    if kind == "unix":
+        feed, source = socket.socketpair()
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        feed = socket.create_connection(listener.getsockname())
+        source, _ = listener.accept()
+        listener.close()
+    for sock in (feed, source):
+        sock.setblocking(False)
+    return feed, source
+
+
+def _forwarder(
+    chunks: list[bytes], kind: str, splice: bool, done: asyncio.Event, *, slow: bool = False
+) -> Callable[[Stream, Message], Coroutine[Any, Any, None]]:
+    """A stream handler that sends each chunk as a socket received it, then a marker."""
+
+    async def forward(stream: Stream, _payload: Message) -> None:
+        if not splice:
+            stream.connection._splice_unusable = True
+        if slow:
+            # A small send buffer: the connection's socket takes little of a frame at once.
+            connection_socket = stream.connection._writer.transport.get_extra_info("socket")
+            connection_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        loop = asyncio.get_running_loop()
+        feed, source = _source_pair(kind)
+        with feed, source:
+            for chunk in chunks:
+                feeding = asyncio.create_task(loop.sock_sendall(feed, chunk))
+                sent = 0
+                while sent < len(chunk):
+                    size = await stream.send_from_socket(source)
+                    assert 0 < size <= MAX_DATA_CHUNK
+                    sent += size
+                await feeding
+                await stream.write(b"|")
+            feed.shutdown(socket.SHUT_WR)
+            assert await stream.send_from_socket(source) == 0
+        done.set()
+        await stream.end()
+
+    return forward
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+@pytest.mark.parametrize("splice", [True, False])
+@async_test(timeout=60)
+async def test_data_from_a_socket_arrives_in_order_even_when_the_peer_is_slow(
+    kind: str, splice: bool
+) -> None:
+    # The peer's receive buffer is tiny and it reads nothing until everything was sent:
+    # most frames cannot go out at once and wait in the transport behind each other.
+    rng = random.Random(21)
+    chunks = [rng.randbytes(size) for size in (1, 5000, 300_000, MAX_DATA_CHUNK + 7, 70_000)]
+    done = asyncio.Event()
+    async with serving(forward=_forwarder(chunks, kind, splice, done, slow=True)) as server:
+        reader, writer = await slow_raw_client(server, "forward")
+        await asyncio.wait_for(done.wait(), 20)
+        received = bytearray()
+        while True:
+            body = await read_frame(reader)
+            assert body is not None
+            message = CODEC.decode(body)
+            if isinstance(message, StreamEnd):
+                break
+            if isinstance(message, StreamData):
+                received += message.data
+        assert received == b"".join(chunk + b"|" for chunk in chunks)
+        writer.close()
+
+
+@pytest.mark.parametrize("splice", [True, False])
+@async_test(timeout=60)
+async def test_sending_from_a_socket_waits_for_flow_control_credit(splice: bool) -> None:
+    payload = random.Random(4).randbytes(STREAM_WINDOW * 2 + 999)
+    done = asyncio.Event()
+    async with (
+        serving(forward=_forwarder([payload], "tcp", splice, done)) as server,
+        await connect(server) as connection,
+    ):
+        stream = await connection.open_stream("forward")
+        # Nothing is read: the sender stops after one window, which arrives whole.
+        while stream._buffered < STREAM_WINDOW:
+            await asyncio.sleep(0.01)
+        (served,) = server.connections
+        assert served._streams[stream.id]._send_credit == 0
+        await asyncio.sleep(0.05)
+        assert stream._buffered == STREAM_WINDOW
+        assert await stream.read_all() == payload + b"|"
+        assert done.is_set()
+
+
+def test_a_splice_pipe_holds_what_it_moved_until_it_is_emptied() -> None:
+    feed, source = _source_pair("tcp")
+    out_feed, out = _source_pair("tcp")
+    pipe = SplicePipe(MAX_DATA_CHUNK)
+    try:
+        with pytest.raises(BlockingIOError):
+            pipe.fill_from(source, 100)
+        feed.send(b"abcdefgh")
+        time.sleep(0.05)
+        assert pipe.fill_from(source, 5) == 5
+        pipe.empty_into(out_feed.fileno())
+        assert pipe.held == 0
+        assert pipe.fill_from(source, 100) == 3
+        assert pipe.take() == b"fgh"
+        time.sleep(0.05)
+        assert out.recv(100) == b"abcde"
+        feed.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        assert pipe.fill_from(source, 100) == 0
+    finally:
+        pipe.close()
+        for sock in (feed, source, out_feed, out):
+            sock.close()

@@ -22,7 +22,6 @@ from mirrord_network.socket_pipe import run_both, socket_to_stream, stream_to_so
 
 log = logging.getLogger(__name__)
 
-PIPE_CHUNK = 256 * 1024
 #: How long a relay waits for the tracee's socket to arrive.
 ACCEPT_TIMEOUT = 10.0
 #: A UDP relay that carried nothing for this long is closed once the tracee's socket is
@@ -76,7 +75,7 @@ class TcpRelay:
 
     async def _upstream(self, connection: socket.socket) -> None:
         try:
-            await socket_to_stream(connection, self.stream, PIPE_CHUNK)
+            await socket_to_stream(connection, self.stream)
         except OSError:
             # The tracee reset its socket: so does the remote side.
             self.stream.reset("local connection reset")
