@@ -304,6 +304,51 @@ def test_pause_with_mirror_is_refused(sandbox: Sandbox, run_cli: object) -> None
     assert "Traceback" not in result.stderr
 
 
+FULL_FD_TABLE_APP = r"""
+import errno, os, resource, socket, sys
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(8)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+fillers = []
+while True:
+    try:
+        fillers.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
+print("listening with a full descriptor table", flush=True)
+try:
+    listener.accept()
+except OSError as err:
+    print("accept failed:", errno.errorcode[err.errno], flush=True)
+os.close(fillers.pop())
+connection, peer = listener.accept()
+print("request from", peer[0], connection.recv(4096).split(b"\r\n")[0].decode(), flush=True)
+"""
+
+
+def test_a_connection_the_app_cannot_take_yet_waits_for_its_next_accept(
+    sandbox: Sandbox, tmp_path: Path, runs: list[MirrordRun]
+) -> None:
+    # The app's accept fails with EMFILE, as the kernel's would, and the connection stays
+    # queued for the next accept instead of being closed by the supervisor.
+    port = free_port()
+    config = {
+        "feature": {"network": {"incoming": {"mode": "mirror", "port_mapping": [[port, 8080]]}}}
+    }
+    command = [sys.executable, "-c", FULL_FD_TABLE_APP, str(port)]
+    run = MirrordRun(tmp_path, sandbox.pod("web").pid, command, config)
+    runs.append(run)
+    wait_for(lambda: "full descriptor table" in run.output(), "the app to listen")
+    marker = f"fd-table-{os.getpid()}"
+    assert fetch(sandbox, f"/index.html?{marker}") == WEB_BODY  # one connection, mirrored
+    wait_for(lambda: marker in run.output(), "the app to get the mirrored request")
+    output = run.output()
+    assert "accept failed: EMFILE" in output
+    assert f"request from {sandbox.pod('api').ip} GET /index.html?{marker}" in output
+
+
 CLOSING_APP = r"""
 import http.server, os, sys, threading, time
 port, stop_file = int(sys.argv[1]), sys.argv[2]

@@ -14,6 +14,12 @@ client as a ``net.incoming_connection`` stream the agent opens:
 
 Both services are agent-wide (one capture socket, one nft table, whatever the number of
 clients) and live in the agent's lifespan, which removes the nft table on every exit.
+
+A client has a limited number of streams (the protocol's ``max_streams``). Its mirrored
+connections hold at most half of them at once; more wait in the agent, their bytes
+buffered by the tap, until the client has finished one: a client that falls behind for a
+while (a busy machine, an app that accepts slowly) gets every connection late rather than
+some never.
 """
 
 from __future__ import annotations
@@ -47,6 +53,39 @@ SERVICE_KEY = "network.incoming"
 MODES = ("mirror", "steal")
 #: Longest header filter accepted (the regex is compiled in the agent).
 MAX_FILTER_LENGTH = 4096
+#: Mirrored connections of one client that may wait for a stream; beyond, new ones are
+#: dropped (with a warning): a client that never catches up must not exhaust the agent.
+MAX_WAITING_MIRRORED = 8192
+
+
+class MirrorDeliveries:
+    """The mirrored connections being sent to one client: at most ``limit`` streams at
+    once, at most ``max_waiting`` more waiting for one."""
+
+    def __init__(self, limit: int, max_waiting: int = MAX_WAITING_MIRRORED) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._max_waiting = max_waiting
+        self.waiting = 0
+        self.dropped = 0
+        """Connections given up because too many were waiting."""
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[bool]:
+        """Hold one stream's worth of room; yields ``False`` (holding nothing) when the
+        connection must be dropped."""
+        if self.waiting >= self._max_waiting:
+            self.dropped += 1
+            yield False
+            return
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield True
+        finally:
+            self._slots.release()
 
 
 class IncomingServices:
@@ -57,6 +96,7 @@ class IncomingServices:
         self._tap: MirrorTap | None = None
         self._redirector: StealRedirector | None = None
         self._starting = asyncio.Lock()
+        self._deliveries: dict[Connection, MirrorDeliveries] = {}
 
     def tap(self) -> MirrorTap:
         # Imported on first use: an agent nobody subscribes to never loads the capture code.
@@ -75,6 +115,18 @@ class IncomingServices:
                 await redirector.start()
                 self._redirector = redirector
             return self._redirector
+
+    def deliveries(self, connection: Connection) -> MirrorDeliveries:
+        """The mirrored connections being sent to ``connection``'s client."""
+        deliveries = self._deliveries.get(connection)
+        if deliveries is None:
+            limit = max(1, connection.options.max_streams // 2)
+            deliveries = self._deliveries[connection] = MirrorDeliveries(limit)
+            connection.add_close_callback(self._forget_client)
+        return deliveries
+
+    def _forget_client(self, connection: Connection) -> None:
+        self._deliveries.pop(connection, None)
 
     async def close(self) -> None:
         if self._redirector is not None:
@@ -176,9 +228,11 @@ async def _steal(
 
 def _mirror(connection: Connection, services: IncomingServices, port: int) -> Callable[[], None]:
     tasks: set[asyncio.Task[None]] = set()
+    deliveries = services.deliveries(connection)
 
     def on_connection(mirrored: MirroredConnection) -> None:
-        task = asyncio.get_running_loop().create_task(_push_mirrored(connection, port, mirrored))
+        push = _push_mirrored(connection, port, mirrored, deliveries)
+        task = asyncio.get_running_loop().create_task(push)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -197,8 +251,29 @@ def _mirror(connection: Connection, services: IncomingServices, port: int) -> Ca
     return release
 
 
-async def _push_mirrored(connection: Connection, port: int, mirrored: MirroredConnection) -> None:
-    """Send one mirrored connection's bytes to the client; its answers are discarded."""
+async def _push_mirrored(
+    connection: Connection, port: int, mirrored: MirroredConnection, deliveries: MirrorDeliveries
+) -> None:
+    """Send one mirrored connection's bytes to the client once it has room for another
+    stream; the client's answers are discarded."""
+    async with deliveries.slot() as room:
+        if not room:
+            if deliveries.dropped & (deliveries.dropped - 1) == 0:  # 1, 2, 4, 8 …: no flood
+                log.warning(
+                    "mirror: client %s is %d mirrored connections behind; dropped the one "
+                    "from %s (%d dropped so far)",
+                    connection.peer_name,
+                    deliveries.waiting,
+                    mirrored.client,
+                    deliveries.dropped,
+                )
+        else:
+            await _deliver_mirrored(connection, port, mirrored)
+
+
+async def _deliver_mirrored(
+    connection: Connection, port: int, mirrored: MirroredConnection
+) -> None:
     try:
         stream = await connection.open_stream(
             INCOMING_CONNECTION_STREAM,

@@ -12,6 +12,9 @@ on a subscribed listener are carried out by the supervisor: it accepts on the du
 writes the remote client's address where the app asked for the peer address, and installs
 the new socket in the app (``SECCOMP_ADDFD_FLAG_SEND``); ``getpeername`` of such a socket
 reports the same client. On a blocking listener the accept waits on a thread of its own.
+An accepted connection the app cannot take after all (its descriptor table is full, or its
+accept was interrupted) is not closed: it goes back to the listener, and the app's next
+accept gets it first, as the kernel's queue would have kept it.
 
 A subscription ends when its listener is closed (checked every second through
 ``/proc/net/tcp``: the kernel lists every listening socket of this network namespace
@@ -21,6 +24,7 @@ with its inode) or when ``mirrord run`` ends, which closes the session.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import fcntl
@@ -38,13 +42,13 @@ from mirrord_core.interception import (
     DEFERRED,
     Answer,
     Errno,
-    InjectFd,
     Notification,
     TraceeMemoryError,
     Value,
 )
 from mirrord_core.protocol import Stream
 from mirrord_core.session import Session, SessionError
+from mirrord_network.local.accept_gate import AcceptGate
 from mirrord_network.local.incoming_relay import (
     LocalListener,
     PeerBook,
@@ -82,6 +86,17 @@ class IncomingOptions:
     header_filter: str | None = None
     http_ports: tuple[int, ...] = (80, 8080)
     flush_connections: bool = False
+
+
+@attrs.frozen
+class _AcceptRequest:
+    """One accept of the app on a subscribed listener, carried out by the supervisor."""
+
+    notification: Notification
+    listener_inode: int
+    flags: int
+    address_pointer: int
+    length_pointer: int
 
 
 @attrs.define
@@ -133,6 +148,8 @@ class IncomingTraffic:
         self._listener_inodes: set[int] = set()
         #: Sockets the supervisor accepted for the app, by inode → the real client.
         self._accepted: dict[int, InetAddress] = {}
+        #: Connections accepted for the app that it could not take, by listener inode.
+        self._returned: dict[int, collections.deque[socket.socket]] = {}
         self._peers = PeerBook()
         self._futures: set[Any] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -184,9 +201,14 @@ class IncomingTraffic:
             return Value(0)
         with self._lock:
             if inode in self._listener_inodes:
-                return Value(0)  # listen again on a subscribed socket (a new backlog)
+                # listen again on a subscribed socket: only the backlog changes.
+                for subscription in self._by_port.values():
+                    if subscription.inode == inode:
+                        gate = subscription.listener.gate
+                        self.loop.call_soon_threadsafe(gate.resize, backlog)
+                return Value(0)
         remote_port = self.options.port_mapping.get(port, port)
-        listener = LocalListener(address, family)
+        listener = LocalListener(address, family, AcceptGate(backlog))
         self._submit(self._subscribe(notification, remote_port, listener, inode), notification)
         return DEFERRED
 
@@ -198,7 +220,7 @@ class IncomingTraffic:
             if existing is not None:
                 # The app replaced the listener of a port (closed and listened again): the
                 # subscription carries on for the new socket.
-                self._listener_inodes.discard(existing.inode)
+                self._drop_listener(existing.inode)
                 existing.listener, existing.inode = listener, inode
                 self._listener_inodes.add(inode)
         if existing is not None:
@@ -259,7 +281,14 @@ class IncomingTraffic:
         with self._lock:
             if self._by_port.get(subscription.remote_port) is subscription:
                 del self._by_port[subscription.remote_port]
-            self._listener_inodes.discard(subscription.inode)
+            self._drop_listener(subscription.inode)
+
+    def _drop_listener(self, inode: int) -> None:
+        """Forget a listener (with the lock held), closing the connections it got back
+        for the app: with the listener, the kernel would have reset them too."""
+        self._listener_inodes.discard(inode)
+        for connection in self._returned.pop(inode, ()):
+            connection.close()
 
     def _ensure_watcher(self) -> None:
         if self._watcher is None or self._watcher.done():
@@ -296,88 +325,119 @@ class IncomingTraffic:
                 return None
         inode = socket_inode(notification.pid, fd)
         with self._lock:
-            if inode not in self._listener_inodes:
+            if inode is None or inode not in self._listener_inodes:
                 return None
         duplicate = duplicate_socket(notification, fd)
         if duplicate is None:
             return None
+        request = _AcceptRequest(notification, inode, flags, address_pointer, length_pointer)
         if fcntl.fcntl(duplicate.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK:
             with duplicate:
-                try:
-                    accepted, _ = duplicate.accept()
-                except BlockingIOError:
-                    return Errno(errno.EAGAIN)
-                except OSError as err:
-                    return Errno(err.errno or errno.EINVAL)
-            return self._deliver(notification, accepted, flags, address_pointer, length_pointer)
+                while True:
+                    accepted = self._take_returned(inode)
+                    if accepted is None:
+                        try:
+                            accepted, _ = duplicate.accept()
+                        except BlockingIOError:
+                            return Errno(errno.EAGAIN)
+                        except OSError as err:
+                            return Errno(err.errno or errno.EINVAL)
+                    answer = self._hand_over(request, accepted)
+                    if answer is not None:
+                        return answer
         # A blocking listener: wait on a thread of its own, not on the notification thread.
         thread = threading.Thread(
             target=self._accept_blocking,
-            args=(notification, duplicate, flags, address_pointer, length_pointer),
+            args=(request, duplicate),
             name="mirrord accept",
             daemon=True,
         )
         thread.start()
         return DEFERRED
 
-    def _accept_blocking(
-        self,
-        notification: Notification,
-        duplicate: socket.socket,
-        flags: int,
-        address_pointer: int,
-        length_pointer: int,
-    ) -> None:
+    def _accept_blocking(self, request: _AcceptRequest, duplicate: socket.socket) -> None:
+        notification = request.notification
         answer: Answer | None = None
         with duplicate:
             poller = select.poll()
             poller.register(duplicate.fileno(), select.POLLIN)
             while answer is None:
-                if not poller.poll(ACCEPT_POLL_MS):
+                accepted = self._take_returned(request.listener_inode)
+                if accepted is None:
+                    ready = poller.poll(ACCEPT_POLL_MS)
+                    # Also checked when a connection is ready: one accepted for a tracee
+                    # that no longer waits would only have to go back.
                     if not notification.is_valid():
                         return  # the tracee was killed while waiting
-                    continue
-                try:
-                    accepted, _ = duplicate.accept()
-                except OSError as err:
-                    answer = Errno(err.errno or errno.EINVAL)
-                    break
-                try:
-                    answer = self._deliver(
-                        notification, accepted, flags, address_pointer, length_pointer
-                    )
-                except (TraceeMemoryError, ProcessLookupError):
-                    accepted.close()
-                    answer = Errno(errno.EFAULT)
+                    if not ready:
+                        continue
+                    try:
+                        accepted, _ = duplicate.accept()
+                    except OSError as err:
+                        answer = Errno(err.errno or errno.EINVAL)
+                        break
+                answer = self._hand_over(request, accepted)
         with contextlib.suppress(OSError):
             answer.deliver(notification)
 
-    def _deliver(
-        self,
-        notification: Notification,
-        accepted: socket.socket,
-        flags: int,
-        address_pointer: int,
-        length_pointer: int,
-    ) -> Answer:
-        with accepted:
+    def _hand_over(self, request: _AcceptRequest, accepted: socket.socket) -> Answer | None:
+        """Make ``accepted`` the result of the app's accept, reporting the real client as
+        its peer. A connection the app cannot take goes back to the listener; ``None``
+        when it was reset before the app got it (it is dropped: accept the next one)."""
+        notification = request.notification
+        try:
             peer = accepted.getpeername()
-            client = self._peers.lookup(relay_key(peer))
+        except OSError:
+            accepted.close()
+            return None
+        try:
+            client = self._peers.claim(relay_key(peer))
             if client is not None:
                 with self._lock:
                     self._accepted[os.fstat(accepted.fileno()).st_ino] = client
                     if len(self._accepted) > 4096:
                         self._accepted.pop(next(iter(self._accepted)))
             reported = client or InetAddress(_normalize(str(peer[0])), int(peer[1]))
-            if address_pointer and length_pointer:
+            if request.address_pointer and request.length_pointer:
                 self._write_address(
                     notification,
                     encode_inet(reported, accepted.family),
-                    address_pointer,
-                    length_pointer,
+                    request.address_pointer,
+                    request.length_pointer,
                 )
-            accepted.setblocking(not flags & _SOCK_NONBLOCK)
-            return InjectFd(accepted.detach(), cloexec=bool(flags & _SOCK_CLOEXEC))
+        except (TraceeMemoryError, ProcessLookupError):
+            # Like the kernel when it cannot write the address: the connection is dropped.
+            accepted.close()
+            return Errno(errno.EFAULT)
+        except BaseException:
+            accepted.close()
+            raise
+        accepted.setblocking(not request.flags & _SOCK_NONBLOCK)
+        cloexec = bool(request.flags & _SOCK_CLOEXEC)
+        try:
+            installed = notification.inject_fd(accepted.fileno(), cloexec=cloexec) is not None
+        except BaseException:
+            accepted.close()
+            raise
+        if installed:
+            accepted.close()
+        else:
+            # The app did not get it (a full descriptor table fails its accept with
+            # EMFILE, as the kernel's would; or it stopped waiting): it stays queued.
+            self._give_back(request.listener_inode, accepted)
+        return DEFERRED  # answered by the injection
+
+    def _take_returned(self, listener_inode: int) -> socket.socket | None:
+        with self._lock:
+            returned = self._returned.get(listener_inode)
+            return returned.popleft() if returned else None
+
+    def _give_back(self, listener_inode: int, accepted: socket.socket) -> None:
+        with self._lock:
+            if listener_inode in self._listener_inodes:
+                self._returned.setdefault(listener_inode, collections.deque()).append(accepted)
+                return
+        accepted.close()  # the listener is gone: so is its queue
 
     # -- getpeername -------------------------------------------------------------------
 
