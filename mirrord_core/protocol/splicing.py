@@ -34,11 +34,15 @@ class SplicePipe:
         if _SPLICE is None:
             raise SpliceUnsupported("os.splice is not available")
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # Beyond /proc/sys/fs/pipe-max-size an unprivileged process keeps the default size.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, capacity)
-        #: The most one fill moves.
-        self.capacity: int = fcntl.fcntl(self._write_fd, _F_GETPIPE_SZ)
+        try:
+            # Beyond /proc/sys/fs/pipe-max-size an unprivileged process keeps the default.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, capacity)
+            #: The most one fill moves.
+            self.capacity: int = fcntl.fcntl(self._write_fd, _F_GETPIPE_SZ)
+        except BaseException:
+            self.close()
+            raise
         #: Bytes in the pipe.
         self.held = 0
 
