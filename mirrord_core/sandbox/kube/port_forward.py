@@ -160,6 +160,9 @@ async def serve_port_forward(
         if pumps:
             # Done when every pod-side connection ended, or the client went away first.
             pods_done = asyncio.gather(*pumps)
+            # Its outcome is the pumps' (collected below); consumed here so a cancelled
+            # gather is not reported as "exception was never retrieved".
+            pods_done.add_done_callback(lambda done: done.cancelled() or done.exception())
             await asyncio.wait({client, pods_done}, return_when=asyncio.FIRST_COMPLETED)
         else:
             await asyncio.wait({client}, timeout=1.0)

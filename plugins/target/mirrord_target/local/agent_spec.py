@@ -45,6 +45,7 @@ class AgentSpec:
     startup_timeout: float
     ttl: int
     namespace: str | None
+    pause: bool = False
     token: str = attrs.field(factory=lambda: secrets.token_hex(32), repr=False)
     port: int = attrs.field(
         factory=lambda: _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
@@ -64,6 +65,7 @@ class AgentSpec:
             startup_timeout=float(agent.startup_timeout),
             ttl=int(agent.ttl),
             namespace=agent.namespace,
+            pause=bool(agent.pause),
         )
 
     def args(self, target: list[str]) -> list[str]:
@@ -73,6 +75,8 @@ class AgentSpec:
             args += ["--communication-timeout", f"{self.communication_timeout:g}"]
         if self.network_interface:
             args += ["--network-interface", self.network_interface]
+        if self.pause:
+            args.append("--pause")
         return args
 
     def env(self) -> list[client.V1EnvVar]:
