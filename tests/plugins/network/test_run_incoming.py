@@ -400,3 +400,39 @@ def test_ignore_localhost_leaves_loopback_listeners_alone(
     for _ in range(3):
         assert fetch(sandbox, "/index.html") == WEB_BODY
         time.sleep(0.5)
+
+
+BLOCKED_IN_ACCEPT = r"""
+import signal, socket, sys
+port = int(sys.argv[1])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", port))
+listener.listen()
+def stop(signum, frame):
+    print("got SIGTERM", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("accepting", flush=True)
+listener.accept()
+"""
+
+
+def test_a_signal_reaches_an_app_blocked_in_accept(
+    sandbox: Sandbox, tmp_path: Path, runs: list[MirrordRun]
+) -> None:
+    port = free_port()
+    command = [sys.executable, "-c", BLOCKED_IN_ACCEPT, str(port)]
+    run = MirrordRun(tmp_path, sandbox.pod("web").pid, command, steal_config(port))
+    runs.append(run)
+    wait_for(lambda: "accepting" in run.output(), "the app to block in accept")
+    time.sleep(0.5)  # let it get into accept
+    app = subprocess.run(
+        ["pgrep", "-f", "-P", str(run.process.pid), "BLOCKED|import signal"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert app, "the app runs as a child of mirrord run"
+    os.kill(int(app[0]), signal.SIGTERM)
+    assert run.process.wait(timeout=SETTLE) == 0, run.output()
+    assert "got SIGTERM" in run.output()

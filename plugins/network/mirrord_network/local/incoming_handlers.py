@@ -46,6 +46,7 @@ from mirrord_core.interception import (
     TraceeMemoryError,
     Value,
 )
+from mirrord_core.interception.pending_signals import deliverable_signal_pending
 from mirrord_core.protocol import Stream
 from mirrord_core.session import Session, SessionError
 from mirrord_network.local.accept_gate import AcceptGate
@@ -70,7 +71,7 @@ _TCP_LISTEN = "0A"
 #: How often subscriptions check that their listener still exists.
 LISTENER_CHECK_INTERVAL = 1.0
 #: How long a blocking accept sleeps between checks that the tracee still waits.
-ACCEPT_POLL_MS = 500
+ACCEPT_POLL_MS = 100
 SUBSCRIBE_TIMEOUT = 30.0
 _SOCK_NONBLOCK = 0o4000
 _SOCK_CLOEXEC = 0o2000000
@@ -370,6 +371,9 @@ class IncomingTraffic:
                     if not notification.is_valid():
                         return  # the tracee was killed while waiting
                     if not ready:
+                        if deliverable_signal_pending(notification.pid):
+                            answer = Errno(errno.EINTR)  # Ctrl-C and friends get through
+                            break
                         continue
                     try:
                         accepted, _ = duplicate.accept()
