@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 #: Chunk size of every bulk sender and receiver, on both sides of the comparison (the fs
-#: agent reads files in chunks of this size too: ``mirrord_fs.agent.confined_fs.STREAM_CHUNK``).
+#: agent streams files in 1 MiB reads: ``mirrord_fs.agent.confined_fs.STREAM_CHUNK``).
 CHUNK = 256 * 1024
 #: Bytes of one ping message over the plain socket.
 PING_SIZE = 16
@@ -332,7 +332,11 @@ async def echo_mirrord(
     stream = await connect_tcp(session, host, port)
     async with stream:
         started = time.perf_counter()
-        echoed = await _pump(stream.write, stream.end, stream.read, payload, digest is not None)
+        # Reads of at most CHUNK, as on the direct side (a read of everything buffered would
+        # allocate differently sized results: up to a 4 MiB window at once).
+        echoed = await _pump(
+            stream.write, stream.end, lambda: stream.read(CHUNK), payload, digest is not None
+        )
         elapsed = time.perf_counter() - started
     _check(echoed, len(payload), digest, "mirrord echo")
     return elapsed

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -196,6 +196,12 @@ class FakeFiles:
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         await asyncio.sleep(0)
         return self.content[offset : offset + size]
+
+    async def file_chunks(self, path: str) -> AsyncIterator[memoryview]:
+        view = memoryview(self.content)
+        for offset in range(0, len(view), 256 * 1024):
+            await asyncio.sleep(0)
+            yield view[offset : offset + 256 * 1024]
 
     async def fstat(self, handle: int) -> FsStatResult:
         return stat_result(len(self.content))

@@ -8,13 +8,20 @@ import errno
 import json
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from mirrord_fs.local import mount_lifecycle
 from mirrord_fs.local.fuse_operations import AttrCache, confine_link
-from mirrord_fs.local.read_cache import CacheEntry, ReadCache, _MemoryStorage, fill_entry
+from mirrord_fs.local.read_cache import (
+    CacheEntry,
+    ReadCache,
+    _FileStorage,
+    _MemoryStorage,
+    fill_entry,
+)
 from mirrord_fs.messages import FsStatResult
 
 # -- confine_link -------------------------------------------------------------------------------
@@ -70,29 +77,49 @@ def test_confined_links_never_climb_above_the_root() -> None:
 
 
 class FakeFiles:
-    """The RemoteFiles calls fill_entry makes, against bytes in memory."""
+    """The RemoteFiles calls fill_entry makes, against bytes in memory: the stream gives
+    ``piece`` bytes at a time (not aligned with the entry's chunks)."""
 
-    def __init__(self, content: bytes, *, fail_at: int | None = None, mtime_ns: int = 5) -> None:
+    def __init__(
+        self,
+        content: bytes,
+        *,
+        fail_at: int | None = None,
+        mtime_ns: int = 5,
+        size: int | None = None,
+        piece: int = 700,
+    ) -> None:
         self.content = content
         self.mtime_ns = mtime_ns
+        self.size = len(content) if size is None else size
         self.fail_at = fail_at
-        self.reads: list[int] = []
+        self.piece = piece
+        self.streamed = 0
+        #: (offset, bytes streamed when the request came) of each fs.read request.
+        self.reads: list[tuple[int, int]] = []
         self.closed = False
 
-    async def open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+    async def file_chunks(self, path: str) -> AsyncIterator[memoryview]:
         if path == "/missing":
             raise OSError(errno.ENOENT, "no such file")
+        view = memoryview(self.content)
+        for offset in range(0, len(view), self.piece):
+            if self.fail_at is not None and offset >= self.fail_at:
+                raise OSError(errno.EIO, "disk error in the target")
+            await asyncio.sleep(0)
+            self.streamed = offset + len(view[offset : offset + self.piece])
+            yield view[offset : offset + self.piece]
+
+    async def open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
         return 7
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
-        self.reads.append(offset)
-        if self.fail_at is not None and offset >= self.fail_at:
-            raise OSError(errno.EIO, "disk error in the target")
+        self.reads.append((offset, self.streamed))
         await asyncio.sleep(0)
         return self.content[offset : offset + size]
 
-    async def fstat(self, handle: int) -> FsStatResult:
-        return stat_result(len(self.content), mtime_ns=self.mtime_ns)
+    async def lstat(self, path: str) -> FsStatResult:
+        return stat_result(self.size, mtime_ns=self.mtime_ns)
 
     async def close(self, handle: int) -> None:
         self.closed = True
@@ -121,32 +148,52 @@ def fill(entry: CacheEntry, files: FakeFiles, parallel: int = 3) -> None:
     asyncio.run(fill_entry(entry, files, parallel=parallel))  # type: ignore[arg-type]
 
 
-def test_entry_fills_in_parallel_chunks_and_serves_any_range() -> None:
+def test_entry_fills_from_the_stream_and_serves_any_range() -> None:
     content = os.urandom(10_000)
     entry = CacheEntry(("/f", 5, len(content)), _MemoryStorage(len(content)), chunk_size=1024)
     files = FakeFiles(content)
     fill(entry, files)
-    assert entry.complete and entry.reusable and files.closed
-    assert sorted(files.reads) == list(range(0, 10_000, 1024))
+    assert entry.complete and entry.reusable
+    assert files.reads == []  # the stream brought everything
     assert entry.read(0, 20_000) == content
     assert entry.read(9_000, 5_000) == content[9_000:]
     assert entry.read(10_000, 10) == b""
     assert entry.read(1_500, 100) == content[1_500:1_600]
+    assert entry.read_location(1_500, 100) == (None, 100)  # in memory: read() it
 
 
-def test_a_read_far_ahead_is_fetched_first() -> None:
+def test_a_file_on_disk_is_read_from_its_descriptor(tmp_path: Path) -> None:
+    content = os.urandom(5_000)
+    entry = CacheEntry(("/f", 5, len(content)), _FileStorage(str(tmp_path)), chunk_size=1024)
+    fill(entry, FakeFiles(content))
+    fd, length = entry.read_location(4_000, 2_000)
+    assert fd is not None and length == 1_000
+    assert os.pread(fd, length, 4_000) == content[4_000:]
+    entry.close()
+
+
+@pytest.mark.parametrize(
+    ("offset", "requested"),
+    [
+        (60_000, [58 * 1024]),  # far ahead: its chunk comes by request, before the stream's
+        (3_000, []),  # near the stream: it waits for the stream
+    ],
+)
+def test_a_read_far_ahead_is_fetched_first(offset: int, requested: list[int]) -> None:
     content = os.urandom(64 * 1024)
     entry = CacheEntry(("/f", 5, len(content)), _MemoryStorage(len(content)), chunk_size=1024)
     files = FakeFiles(content)
     result: list[bytes] = []
-    reader = threading.Thread(target=lambda: result.append(entry.read(60_000, 100, 10)))
+    reader = threading.Thread(target=lambda: result.append(entry.read(offset, 100, 10)))
     reader.start()
-    while not entry._demand:  # the reader has asked for its chunk
+    while requested and not entry._demand:  # the reader has asked for its chunk
         threading.Event().wait(0.01)
     fill(entry, files, parallel=1)
     reader.join()
-    assert result == [content[60_000:60_100]]
-    assert files.reads[0] == 58 * 1024  # the demanded chunk before chunk 0
+    assert result == [content[offset : offset + 100]]
+    assert [at for at, _ in files.reads] == requested
+    assert all(streamed < at for at, streamed in files.reads), "the stream got there first"
+    assert entry.complete and entry.reusable
 
 
 def test_a_failed_fetch_gives_readers_the_targets_errno() -> None:
@@ -166,9 +213,21 @@ def test_a_failed_fetch_gives_readers_the_targets_errno() -> None:
 def test_a_file_that_shrank_while_fetched_is_not_reused() -> None:
     content = os.urandom(3000)
     entry = CacheEntry(("/f", 5, 5000), _MemoryStorage(5000), chunk_size=1024)
-    fill(entry, FakeFiles(content))
+    fill(entry, FakeFiles(content, size=5000))
     assert entry.complete and not entry.reusable
     assert entry.read(0, 10_000) == content
+
+
+def test_a_file_that_grew_or_changed_while_fetched_is_not_reused() -> None:
+    content = os.urandom(6000)
+    grown = CacheEntry(("/f", 5, 5000), _MemoryStorage(5000), chunk_size=1024)
+    fill(grown, FakeFiles(content, size=5000))
+    assert grown.complete and not grown.reusable
+    assert grown.read(0, 10_000) == content[:5000]
+    touched = CacheEntry(("/f", 5, 6000), _MemoryStorage(6000), chunk_size=1024)
+    fill(touched, FakeFiles(content, mtime_ns=6))  # the mtime moved on meanwhile
+    assert touched.complete and not touched.reusable
+    assert touched.read(0, 10_000) == content
 
 
 def test_cache_keys_lru_budgets_and_release() -> None:

@@ -20,9 +20,10 @@ import attrs
 
 from mirrord_core.linux.openat2 import open_in_root
 
-#: Chunk size of whole-file streaming: large enough to amortise the round trips,
-#: small enough to keep one stream from hogging the connection.
-STREAM_CHUNK = 256 * 1024
+#: Chunk size of whole-file streaming: one protocol data frame (``MAX_DATA_CHUNK``), so
+#: each read of the file is one frame on the wire; the stream's flow control keeps one
+#: stream from hogging the connection.
+STREAM_CHUNK = 1024 * 1024
 
 
 @attrs.frozen

@@ -224,8 +224,11 @@ async def read_file_stream(stream: Stream, request: FsReadFile) -> None:
             # Refused before accepting, so the opener gets EISDIR as the open's error.
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         await stream.accept()
-        while data := os.read(fd, STREAM_CHUNK):
-            await stream.write(data)
+        # One buffer, refilled: a write returns once nothing refers to the data any more.
+        buffer = bytearray(STREAM_CHUNK)
+        view = memoryview(buffer)
+        while count := os.readv(fd, [buffer]):
+            await stream.write(view[:count])
         await stream.end()
     finally:
         os.close(fd)

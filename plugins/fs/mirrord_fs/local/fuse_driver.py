@@ -69,6 +69,69 @@ _loop_cfg_set_idle_threads = _bind(
 #: ``rename`` flags that are passed on (RENAME_NOREPLACE); others answer EINVAL.
 RENAME_NOREPLACE = 1
 
+# -- read_buf replies ------------------------------------------------------------------------
+# ``read_buf`` answers a read with a ``struct fuse_bufvec`` that libfuse frees (and its
+# memory regions) with free(): allocated with malloc here. (mfusepy declares the vector's
+# buffer as a pointer; in libfuse it is an array inside the structure, declared here.)
+
+_FUSE_BUF_IS_FD = 1 << 1
+_FUSE_BUF_FD_SEEK = 1 << 2
+
+
+class _FuseBuf(ctypes.Structure):
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+        ("mem", ctypes.c_void_p),
+        ("fd", ctypes.c_int),
+        ("pos", ctypes.c_int64),
+    ]
+
+
+class _FuseBufvec(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_size_t),
+        ("idx", ctypes.c_size_t),
+        ("off", ctypes.c_size_t),
+        ("buf", _FuseBuf * 1),
+    ]
+
+
+_libc = ctypes.CDLL(None)
+_malloc = _libc.malloc
+_malloc.restype = ctypes.c_void_p
+_malloc.argtypes = [ctypes.c_size_t]
+
+
+def _new_bufvec(bufpp: Any) -> _FuseBuf:
+    address = _malloc(ctypes.sizeof(_FuseBufvec))
+    if not address:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+    vector = _FuseBufvec.from_address(address)
+    vector.count, vector.idx, vector.off = 1, 0, 0
+    bufpp[0] = ctypes.cast(address, type(bufpp[0]))
+    return vector.buf[0]
+
+
+def reply_from_fd(bufpp: Any, fd: int, offset: int, size: int) -> None:
+    """Answer a ``read_buf`` with ``size`` bytes at ``offset`` of ``fd``: libfuse moves them
+    to the kernel itself (``splice`` where it can), without a copy through Python. ``fd``
+    must stay open until the read's answer is sent."""
+    buf = _new_bufvec(bufpp)
+    buf.size, buf.flags, buf.mem = size, _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK, None
+    buf.fd, buf.pos = fd, offset
+
+
+def reply_from_bytes(bufpp: Any, data: bytes) -> None:
+    """Answer a ``read_buf`` with ``data`` (copied once, into memory libfuse frees)."""
+    buf = _new_bufvec(bufpp)  # the vector is freed by libfuse even if what follows fails
+    memory = _malloc(max(1, len(data)))
+    if not memory:
+        buf.size, buf.flags, buf.mem, buf.fd, buf.pos = 0, 0, None, -1, 0
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+    ctypes.memmove(memory, data, len(data))
+    buf.size, buf.flags, buf.mem, buf.fd, buf.pos = len(data), 0, memory, -1, 0
+
 
 class FuseError(OSError):
     """libfuse could not create or mount the file system."""
@@ -95,6 +158,13 @@ class _Translator(mfusepy.FUSE):
             new.decode(self.encoding, self.errors),
             flags,
         )
+
+    def read_buf_fuse_3(
+        self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any
+    ) -> int:
+        # With the open file (mfusepy would decode a NULL path: nullpath_ok is on).
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.read_buf(decoded, bufpp, size, offset, fip.contents)
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         # With the open file: ftruncate(2) of a renamed or unlinked file has no path.

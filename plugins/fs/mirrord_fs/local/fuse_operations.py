@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import attrs
 import mfusepy
 
+from mirrord_fs.local.fuse_driver import reply_from_bytes, reply_from_fd
 from mirrord_fs.local.read_cache import CacheEntry, ReadCache, fill_entry
 from mirrord_fs.local.remote_files import RemoteFiles
 from mirrord_fs.messages import FsStatResult, TimeSpec
@@ -452,6 +453,22 @@ class RemoteOperations(mfusepy.Operations):
         remote = self._call("open", self.files.open(path, fi.flags | os.O_CREAT, mode))
         self._changed(path)
         fi.fh = self._add(RemoteHandle(path, remote, writable=True, written=True))
+        return 0
+
+    def read_buf(self, path: str | None, bufpp: Any, size: int, offset: int, fh: Any) -> int:
+        """libfuse's ``read_buf``: a read of a file on disk in the cache is answered with
+        the cache file's descriptor (the kernel gets the bytes straight from it); any other
+        read with the bytes :meth:`read` returns."""
+        handle = self._handle(fh)
+        if isinstance(handle, CachedReadHandle):
+            if handle.entry.fill is None:
+                self._start_fill(handle.entry)
+            fd, length = handle.entry.read_location(offset, size, self.bridge.timeout)
+            if fd is not None:
+                self.stats.cached_bytes_served += length
+                reply_from_fd(bufpp, fd, offset, length)
+                return 0
+        reply_from_bytes(bufpp, self.read(path, size, offset, fh))
         return 0
 
     def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:

@@ -116,13 +116,18 @@ class RemoteFiles:
     async def statfs(self, path: str) -> FsStatfsResult:
         return await self.session.request(FsStatfs(path=path))
 
-    async def stream_file(self, path: str) -> AsyncIterator[bytes]:
-        """The contents of ``path`` in chunks, streamed with flow control."""
+    async def file_chunks(self, path: str) -> AsyncIterator[bytes | memoryview]:
+        """The contents of ``path`` as they arrive, streamed with flow control, without
+        copies: each chunk is a read-only bytes-like object (``bytes`` or a
+        ``memoryview``) that stays valid and unchanged while it is referenced."""
         stream = await self.session.open_stream(READ_FILE_STREAM, FsReadFile(path=path))
         async with stream:
+            chunks = stream.chunks()
             while True:
                 try:
-                    chunk = await stream.read()
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
                 except StreamResetError as err:
                     # The agent failed reading (an I/O error): the target's errno.
                     if err.errno is not None:
@@ -130,9 +135,12 @@ class RemoteFiles:
                     raise RemoteRequestError("stream_reset", str(err)) from None
                 except ConnectionLost as err:
                     raise SessionError(f"lost the agent: {err}") from None
-                if not chunk:
-                    return
                 yield chunk
+
+    async def stream_file(self, path: str) -> AsyncIterator[bytes]:
+        """The contents of ``path`` in chunks (``bytes``), streamed with flow control."""
+        async for chunk in self.file_chunks(path):
+            yield chunk if type(chunk) is bytes else bytes(chunk)
 
     async def read_file(self, path: str) -> bytes:
         """The whole contents of ``path``."""
