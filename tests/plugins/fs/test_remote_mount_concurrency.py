@@ -226,9 +226,18 @@ def operations() -> Iterator[RemoteOperations]:
             writable=False,
         )
     finally:
+        # As a session's loop ends: fetches still running are cancelled first.
+        asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+async def _cancel_tasks() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def open_file(operations: RemoteOperations) -> types.SimpleNamespace:

@@ -172,6 +172,19 @@ def test_a_file_on_disk_is_read_from_its_descriptor(tmp_path: Path) -> None:
     entry.close()
 
 
+def test_the_copy_stays_open_while_writes_are_queued(tmp_path: Path) -> None:
+    """The writer thread may still hold a chunk when the last reader leaves: the file is
+    closed after that write, which finds the entry abandoned and writes nothing."""
+    entry = CacheEntry(("/f", 5, 10), _FileStorage(str(tmp_path)), chunk_size=4)
+    entry.begin_fill()
+    entry.queue_append()
+    entry.close()  # abandoned: the last user left
+    entry.end_fill()
+    assert not entry._closed
+    assert entry.append(b"0123") is False
+    assert entry._closed
+
+
 @pytest.mark.parametrize(
     ("offset", "requested"),
     [

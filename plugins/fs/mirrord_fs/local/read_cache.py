@@ -40,6 +40,11 @@ PARALLEL_READS = 8
 #: A read starting this many chunks or more beyond what the stream has delivered has its
 #: chunks fetched by requests; nearer ones wait for the stream, which gets there first.
 DEMAND_AHEAD = 8
+#: Stream chunks handed to the writer thread and not written yet, at most: the event loop
+#: receives the next chunk while the previous ones are written into the copy.
+WRITES_IN_FLIGHT = 2
+#: Writes stream chunks into the copies, in the order they arrived (one thread).
+_WRITER = concurrent.futures.ThreadPoolExecutor(1, "mirrord-fs-cache-writer")
 
 
 class _Storage:
@@ -126,6 +131,7 @@ class CacheEntry:
         self.on_demand: Callable[[], None] | None = None
         # The storage is closed once nobody reads it and no fetch writes into it.
         self._filling = False
+        self._writes = 0
         self._abandoned = False
         self._closed = False
 
@@ -215,7 +221,7 @@ class CacheEntry:
                 self._error = OSError(errno.EIO, "the fetch ended early")
                 self.reusable = False
                 self._condition.notify_all()
-            close = self._abandoned
+            close = self._abandoned and not self._writes
         if close:
             self._close_storage()
 
@@ -232,10 +238,26 @@ class CacheEntry:
                     return index
             return None
 
+    def queue_append(self) -> None:
+        """An :meth:`append` is about to be scheduled (the storage stays open for it)."""
+        with self._condition:
+            self._writes += 1
+
     def append(self, data: bytes | memoryview) -> bool:
-        """The stream's next bytes, written where they belong; ``False`` once nothing more
-        is wanted: the entry was abandoned or failed, or the bytes go past its size (the
-        file grew while fetched: it changed)."""
+        """The stream's next bytes, written where they belong (after :meth:`queue_append`;
+        calls in the order of the stream); ``False`` once nothing more is wanted: the entry
+        was abandoned or failed, or the bytes go past its size (the file grew while fetched:
+        it changed)."""
+        try:
+            return self._append(data)
+        finally:
+            with self._condition:
+                self._writes -= 1
+                close = self._abandoned and not self._filling and not self._writes
+            if close:
+                self._close_storage()
+
+    def _append(self, data: bytes | memoryview) -> bool:
         with self._condition:
             if self._abandoned or self._error is not None:
                 return False
@@ -310,7 +332,7 @@ class CacheEntry:
         with self._condition:
             self._abandoned = True
             self._condition.notify_all()
-            if self._filling:
+            if self._filling or self._writes:
                 return
         self._close_storage()
 
@@ -350,11 +372,20 @@ async def fill_entry(
 
 
 async def _stream(entry: CacheEntry, files: RemoteFiles) -> None:
+    loop = asyncio.get_running_loop()
+    # Each chunk is written by the writer thread while the loop receives the next ones.
+    writes: collections.deque[asyncio.Future[bool]] = collections.deque()
     try:
         async with contextlib.aclosing(files.file_chunks(entry.path)) as chunks:
             async for chunk in chunks:
-                if not entry.append(chunk):
-                    return  # leaving the stream resets it: the agent stops sending
+                entry.queue_append()
+                writes.append(loop.run_in_executor(_WRITER, entry.append, chunk))
+                while len(writes) > WRITES_IN_FLIGHT or (writes and writes[0].done()):
+                    if not await writes.popleft():
+                        return  # leaving the stream resets it: the agent stops sending
+        while writes:
+            if not await writes.popleft():
+                return
         entry.stream_ended()
     except OSError as err:
         entry.fail(err)
@@ -363,6 +394,15 @@ async def _stream(entry: CacheEntry, files: RemoteFiles) -> None:
         raise
     except Exception as err:  # the session is gone, or broke
         entry.fail(OSError(errno.EIO, f"cannot read {entry.path}: {err}"))
+    finally:
+        # Writes still queued find the entry failed or abandoned and write nothing.
+        for write in writes:
+            write.add_done_callback(_ignore_outcome)
+
+
+def _ignore_outcome(future: asyncio.Future[bool]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: nobody waits for it any more
 
 
 async def _check_version(entry: CacheEntry, files: RemoteFiles) -> None:
