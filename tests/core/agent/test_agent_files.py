@@ -430,6 +430,9 @@ def test_a_client_vanishing_mid_stream_leaves_the_others_and_the_agent_unaffecte
     async def go() -> None:
         async with open_session(endpoint, "survivor") as survivor:
             files = RemoteFiles(survivor)
+            # A first stream gives the survivor's connection what it keeps for streaming
+            # (the agent's splice pipe), so that the baseline counts it.
+            assert await files.read_file("/app/config.yaml") == CONFIG
             baseline = open_fds(pid)
             doomed: Session = await Session.connect(endpoint, client_name="doomed")
             doomed_files = RemoteFiles(doomed)

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -159,11 +160,16 @@ def run(*argv: str | os.PathLike[str], check: bool = True) -> subprocess.Complet
 
 
 def agent_bytes_read(endpoint: AgentEndpoint) -> int:
-    """Bytes the agent process read so far (files and sockets: /proc/PID/io rchar)."""
-    pid = endpoint.release.pid  # type: ignore[attr-defined]
-    with open(f"/proc/{pid}/io") as io:
-        fields = dict(line.split(": ") for line in io.read().splitlines())
-    return int(fields["rchar"])
+    """Bytes the connections to the agent received from it so far (the kernel's TCP
+    counters, as ``ss`` shows them: the agent splices files into its sockets, so its own
+    read counters do not see them)."""
+    shown = subprocess.run(
+        ["ss", "-tinH", "dst", f"{endpoint.host}:{endpoint.port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(count) for count in re.findall(r"bytes_received:(\d+)", shown))
 
 
 def pod_root(sandbox: Sandbox) -> Path:

@@ -17,7 +17,7 @@ import attrs
 
 from mirrord_core.agent.handlers import AgentContext, AgentHandlers
 from mirrord_core.protocol import Connection, Stream
-from mirrord_fs.agent.confined_fs import STREAM_CHUNK, ConfinedFileSystem, FileStat
+from mirrord_fs.agent.confined_fs import ConfinedFileSystem, FileStat
 from mirrord_fs.messages import (
     MAX_READ,
     READ_FILE_STREAM,
@@ -216,6 +216,23 @@ async def fs_statfs(connection: Connection, request: FsStatfs) -> FsStatfsResult
     return FsStatfsResult(**attrs.asdict(_files(connection).fs.statfs(request.path)))
 
 
+class _FileSource:
+    """An open regular file as the source ``Stream.send_from_socket`` reads from: it takes
+    the descriptor for ``splice`` (which reads regular files as it does sockets, from the
+    current position) and calls ``recv_into`` where it cannot splice. A file always has
+    data or its end, so the wait for a socket to become readable never happens."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
+        view = memoryview(buffer)
+        return os.readv(self._fd, [view[:nbytes] if nbytes else view])
+
+
 async def read_file_stream(stream: Stream, request: FsReadFile) -> None:
     fs = _files(stream.connection).fs
     fd = fs.open(request.path, os.O_RDONLY)
@@ -224,11 +241,11 @@ async def read_file_stream(stream: Stream, request: FsReadFile) -> None:
             # Refused before accepting, so the opener gets EISDIR as the open's error.
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         await stream.accept()
-        # One buffer, refilled: a write returns once nothing refers to the data any more.
-        buffer = bytearray(STREAM_CHUNK)
-        view = memoryview(buffer)
-        while count := os.readv(fd, [buffer]):
-            await stream.write(view[:count])
+        # The protocol splices the file's pages into the connection where it can (no copy
+        # through the agent), at most a frame (1 MiB) at a time, as flow control allows.
+        source = _FileSource(fd)
+        while await stream.send_from_socket(source):  # type: ignore[arg-type]
+            pass
         await stream.end()
     finally:
         os.close(fd)
