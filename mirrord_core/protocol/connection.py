@@ -455,8 +455,7 @@ class Connection:
             try:
                 size = pipe.fill_from(sock, limit)
             except SpliceUnsupported:
-                self._close_splice_pipe()
-                self._splice_unusable = True
+                pass  # this source cannot be spliced from (nothing moved): use the buffer
             else:
                 if size:
                     try:

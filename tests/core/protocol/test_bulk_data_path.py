@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import socket
 import struct
@@ -572,3 +573,53 @@ def test_a_splice_pipe_holds_what_it_moved_until_it_is_emptied() -> None:
         pipe.close()
         for sock in (feed, source, out_feed, out):
             sock.close()
+
+
+class _UnsplicableSource:
+    """A source whose descriptor ``splice`` refuses (an eventfd); ``recv_into`` serves
+    ``data``. Stands for any source the kernel cannot splice from."""
+
+    def __init__(self, data: bytes) -> None:
+        self._fd = os.eventfd(0)
+        self._data = memoryview(data)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0) -> int:
+        size = min(nbytes or len(buffer), len(self._data))
+        buffer[:size] = self._data[:size]
+        self._data = self._data[size:]
+        return size
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@async_test(timeout=20)
+async def test_a_source_that_cannot_be_spliced_is_read_and_splicing_goes_on() -> None:
+    unsplicable = random.Random(8).randbytes(300_000)
+    spliced = random.Random(9).randbytes(200_000)
+    used_pipe: list[bool] = []
+
+    async def forward(stream: Stream, _payload: Message) -> None:
+        source = _UnsplicableSource(unsplicable)
+        try:
+            while await stream.send_from_socket(source):  # type: ignore[arg-type]
+                pass
+        finally:
+            source.close()
+        loop = asyncio.get_running_loop()
+        feed, sock = _source_pair("tcp")
+        with feed, sock:
+            await loop.sock_sendall(feed, spliced)
+            feed.shutdown(socket.SHUT_WR)
+            while await stream.send_from_socket(sock):
+                pass
+        used_pipe.append(stream.connection._pipe is not None)
+        await stream.end()
+
+    async with serving(forward=forward) as server, await connect(server) as connection:
+        stream = await connection.open_stream("forward")
+        assert await stream.read_all() == unsplicable + spliced
+        assert used_pipe == [True]
