@@ -436,3 +436,22 @@ def test_a_signal_reaches_an_app_blocked_in_accept(
     os.kill(int(app[0]), signal.SIGTERM)
     assert run.process.wait(timeout=SETTLE) == 0, run.output()
     assert "got SIGTERM" in run.output()
+
+
+def test_a_crash_of_mirrord_run_leaves_no_nft_table(
+    sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
+) -> None:
+    port = free_port()
+    run = MirrordRun(
+        tmp_path, sandbox.pod("web").pid, app_command("python", port, site), steal_config(port)
+    )
+    runs.append(run)
+    wait_for(lambda: fetch(sandbox, "/index.html") == LOCAL_BODY, "the port to be stolen")
+    agents = run.agent_pids()
+    assert agents and any(f"mirrord_{pid}_" in nft_tables(sandbox) for pid in agents)
+    run.process.kill()  # mirrord run alone: its agent notices the client is gone
+    run.process.wait()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in agents), "the agent to exit")
+    tables = nft_tables(sandbox)
+    assert not any(f"mirrord_{pid}_" in tables for pid in agents), tables
+    wait_until_pod_answers(sandbox)
