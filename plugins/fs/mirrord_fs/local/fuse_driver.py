@@ -114,9 +114,9 @@ def _new_bufvec(bufpp: Any) -> _FuseBuf:
 
 
 def reply_from_fd(bufpp: Any, fd: int, offset: int, size: int) -> None:
-    """Answer a ``read_buf`` with ``size`` bytes at ``offset`` of ``fd``: libfuse moves them
-    to the kernel itself (``splice`` where it can), without a copy through Python. ``fd``
-    must stay open until the read's answer is sent."""
+    """Answer a ``read_buf`` with ``size`` bytes at ``offset`` of ``fd``: libfuse reads them
+    into its answer itself, in C (no Python bytes, no copy under the GIL). ``fd`` must stay
+    open until the read's answer is sent."""
     buf = _new_bufvec(bufpp)
     buf.size, buf.flags, buf.mem = size, _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK, None
     buf.fd, buf.pos = fd, offset
