@@ -117,6 +117,15 @@ class MirrordRun:
         )
         return [int(pid) for pid in result.stdout.split()]
 
+    def kill_everything(self) -> None:
+        """``kill -9`` of the agent and of ``mirrord run`` (and its app): nobody cleans up."""
+        agents = self.agent_pids()
+        assert agents, "the agent runs as a child of mirrord run"
+        for pid in agents:
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def stop(self, signum: int = signal.SIGINT) -> int:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signum)
@@ -153,6 +162,19 @@ def steal_config(port: int, **incoming: object) -> dict[str, object]:
             }
         }
     }
+
+
+def start_stealing(
+    sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
+) -> MirrordRun:
+    """A Python app under ``mirrord run`` stealing the web pod's port 8080, once it does."""
+    port = free_port()
+    run = MirrordRun(
+        tmp_path, sandbox.pod("web").pid, app_command("python", port, site), steal_config(port)
+    )
+    runs.append(run)
+    wait_for(lambda: fetch(sandbox, "/index.html") == LOCAL_BODY, "the port to be stolen")
+    return run
 
 
 def wait_until_pod_answers(sandbox: Sandbox) -> None:
@@ -243,18 +265,8 @@ def test_second_session_stealing_the_same_port_gets_a_clear_error(
 def test_kill_9_of_mirrord_and_agent_gives_the_pod_back(
     sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
 ) -> None:
-    port = free_port()
-    run = MirrordRun(
-        tmp_path, sandbox.pod("web").pid, app_command("python", port, site), steal_config(port)
-    )
-    runs.append(run)
-    wait_for(lambda: fetch(sandbox, "/index.html") == LOCAL_BODY, "the port to be stolen")
-    agents = run.agent_pids()
-    assert agents, "the agent runs as a child of mirrord run"
-    for pid in agents:
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(run.process.pid, signal.SIGKILL)
-    run.process.wait()
+    run = start_stealing(sandbox, site, tmp_path, runs)
+    run.kill_everything()
     # Nobody cleans up: the redirect's set elements expire by themselves.
     wait_until_pod_answers(sandbox)
 
@@ -287,10 +299,7 @@ def test_pause_thaws_the_target_when_everything_is_killed(
     run = MirrordRun(tmp_path, target, app_command("python", port, site), config)
     runs.append(run)
     wait_for(lambda: process_state(target) == "T", "the target to be paused")
-    for pid in run.agent_pids():
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(run.process.pid, signal.SIGKILL)
-    run.process.wait()
+    run.kill_everything()
     wait_for(lambda: process_state(target) != "T", "the watchdog to thaw the target")
     wait_until_pod_answers(sandbox)
 
@@ -441,12 +450,7 @@ def test_a_signal_reaches_an_app_blocked_in_accept(
 def test_a_crash_of_mirrord_run_leaves_no_nft_table(
     sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
 ) -> None:
-    port = free_port()
-    run = MirrordRun(
-        tmp_path, sandbox.pod("web").pid, app_command("python", port, site), steal_config(port)
-    )
-    runs.append(run)
-    wait_for(lambda: fetch(sandbox, "/index.html") == LOCAL_BODY, "the port to be stolen")
+    run = start_stealing(sandbox, site, tmp_path, runs)
     agents = run.agent_pids()
     assert agents and any(f"mirrord_{pid}_" in nft_tables(sandbox) for pid in agents)
     run.process.kill()  # mirrord run alone: its agent notices the client is gone
