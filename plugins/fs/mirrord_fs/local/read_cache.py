@@ -117,7 +117,12 @@ class CacheEntry:
         self._streamed = 0
         self._claimed = bytearray(self._chunks)
         self._demand: collections.deque[int] = collections.deque()
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
+        # Readers waiting for the stream, each on its own condition (of the same lock) with
+        # the offset it waits for: the stream wakes only those it reached, not every
+        # waiting FUSE thread at every chunk (each wake-up takes the GIL).
+        self._waiters: dict[threading.Condition, int] = {}
         self._error: OSError | None = None
         #: Where the file really ended, if it was shorter than its size said.
         self._end = self.size
@@ -188,15 +193,21 @@ class CacheEntry:
                     self._demand.extend(demanded)
                     if self.on_demand is not None:
                         self.on_demand()
-            if not self._condition.wait_for(
-                lambda: (
-                    self._error is not None
-                    or self._abandoned
-                    or self._streamed >= end
-                    or all(self._have[i] for i in wanted)
-                ),
-                timeout,
-            ):
+            waiter = threading.Condition(self._lock)
+            self._waiters[waiter] = end
+            try:
+                ready = waiter.wait_for(
+                    lambda: (
+                        self._error is not None
+                        or self._abandoned
+                        or self._streamed >= end
+                        or all(self._have[i] for i in wanted)
+                    ),
+                    timeout,
+                )
+            finally:
+                del self._waiters[waiter]
+            if not ready:
                 raise OSError(errno.ETIMEDOUT, "timed out waiting for the remote file")
             if self._error is not None:
                 raise self._error
@@ -220,7 +231,7 @@ class CacheEntry:
             if self._missing and self._error is None:
                 self._error = OSError(errno.EIO, "the fetch ended early")
                 self.reusable = False
-                self._condition.notify_all()
+                self._wake_all()
             close = self._abandoned and not self._writes
         if close:
             self._close_storage()
@@ -279,8 +290,17 @@ class CacheEntry:
                     self._missing -= 1
             if longer:
                 self.reusable = False
-            self._condition.notify_all()
+            streamed = self._streamed
+            for waiter, end in self._waiters.items():
+                if end <= streamed:
+                    waiter.notify()
         return not longer
+
+    def _wake_all(self) -> None:
+        """Wake every waiting reader (with the lock held): something besides the stream's
+        progress happened (a chunk came by request, a failure, the end)."""
+        for waiter in self._waiters:
+            waiter.notify()
 
     def stream_ended(self) -> None:
         """The stream ended; short of the size, the file changed (shrank) meanwhile."""
@@ -295,7 +315,7 @@ class CacheEntry:
                     self._have[index] = 1
                     self._claimed[index] = 1
                     self._missing -= 1
-            self._condition.notify_all()
+            self._wake_all()
 
     def put(self, index: int, data: bytes) -> None:
         """Store chunk ``index``; a short chunk means the file ended early (it changed)."""
@@ -315,7 +335,7 @@ class CacheEntry:
             if not self._have[index]:
                 self._have[index] = 1
                 self._missing -= 1
-            self._condition.notify_all()
+            self._wake_all()
 
     def fail(self, error: OSError) -> None:
         """The fetch failed: every waiting and later read raises ``error``."""
@@ -324,14 +344,14 @@ class CacheEntry:
                 return
             self._error = error
             self.reusable = False
-            self._condition.notify_all()
+            self._wake_all()
 
     def close(self) -> None:
         """Nobody needs the bytes any more: stop fetching and free the storage (at once, or
         when the running fetch stops, which it does at its next chunk)."""
         with self._condition:
             self._abandoned = True
-            self._condition.notify_all()
+            self._wake_all()
             if self._filling or self._writes:
                 return
         self._close_storage()
