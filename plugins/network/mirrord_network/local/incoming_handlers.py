@@ -57,7 +57,11 @@ from mirrord_network.local.incoming_relay import (
     relay_key,
 )
 from mirrord_network.local.outgoing_handlers import duplicate_socket, socket_inode
-from mirrord_network.local.sockaddr import InetAddress, encode_inet, pack_u32, read_u32
+from mirrord_network.local.sockaddr import (
+    InetAddress,
+    encode_inet,
+    write_address,
+)
 from mirrord_network.messages import (
     INCOMING_CONNECTION_STREAM,
     INCOMING_SUBSCRIBE_STREAM,
@@ -403,7 +407,7 @@ class IncomingTraffic:
                         self._accepted.pop(next(iter(self._accepted)))
             reported = client or InetAddress(_normalize(str(peer[0])), int(peer[1]))
             if request.address_pointer and request.length_pointer:
-                self._write_address(
+                write_address(
                     notification,
                     encode_inet(reported, accepted.family),
                     request.address_pointer,
@@ -460,17 +464,8 @@ class IncomingTraffic:
             return None
         with duplicate:
             family = duplicate.family
-        self._write_address(notification, encode_inet(client, family), pointer, length_pointer)
+        write_address(notification, encode_inet(client, family), pointer, length_pointer)
         return Value(0)
-
-    @staticmethod
-    def _write_address(
-        notification: Notification, encoded: bytes, pointer: int, length_pointer: int
-    ) -> None:
-        room = read_u32(notification.read_memory(length_pointer, 4))
-        if pointer and room:
-            notification.write_memory(pointer, encoded[:room])
-        notification.write_memory(length_pointer, pack_u32(len(encoded)))
 
     # -- plumbing ----------------------------------------------------------------------
 

@@ -71,11 +71,10 @@ from mirrord_network.local.sockaddr import (
     encode_inet,
     encode_unix,
     family_of,
-    pack_u32,
     parse_inet,
     parse_unix_path,
     python_address,
-    read_u32,
+    write_address,
 )
 from mirrord_network.local.unix_relay import RelayDirectory, UnixStreamRelay
 
@@ -243,6 +242,9 @@ class OutgoingTraffic:
         if udp or remote_dns:
             names |= {"sendto", "sendmsg", "recvfrom", "recvmsg"}
         self.syscalls = frozenset(names)
+        #: Without an address argument, sendto and recvfrom are the socket's own business
+        #: (every send/recv of a TCP socket): not trapped (_sendto, _recvfrom answer None).
+        self.trap_only_if_set = {"sendto": 4, "recvfrom": 4}
         self._lock = threading.Lock()
         #: Redirected sockets by inode (getpeername, and receive-side address rewriting).
         self._redirected: dict[int, Redirected] = {}
@@ -515,19 +517,8 @@ class OutgoingTraffic:
             redirected = self._redirected.get(inode) if inode is not None else None
         if redirected is None:
             return None
-        self._write_address(notification, redirected.peer, pointer, length_pointer)
+        write_address(notification, redirected.peer, pointer, length_pointer)
         return Value(0)
-
-    @staticmethod
-    def _write_address(
-        notification: Notification, encoded: bytes, pointer: int, length_pointer: int
-    ) -> None:
-        if length_pointer == 0:
-            return
-        room = read_u32(notification.read_memory(length_pointer, 4))
-        if pointer and room:
-            notification.write_memory(pointer, encoded[:room])
-        notification.write_memory(length_pointer, pack_u32(len(encoded)))
 
     # -- UDP without connect -----------------------------------------------------------
 
@@ -750,7 +741,7 @@ class OutgoingTraffic:
             origin = self._relay_origins.get(_normalize(sender))
         address = origin if origin is not None else InetAddress(*_normalize(sender))
         encoded = encode_inet(address, duplicate.family)
-        self._write_address(notification, encoded, pointer, length_pointer)
+        write_address(notification, encoded, pointer, length_pointer)
         return Value(len(data))
 
     # -- plumbing ----------------------------------------------------------------------

@@ -6,8 +6,12 @@ import ipaddress
 import socket
 import struct
 import sys
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from mirrord_core.interception import Notification
 
 _FAMILY = struct.Struct("=H")
 #: sizeof(struct sockaddr_in6), the largest inet address; sockaddr_un is 110 bytes.
@@ -103,3 +107,16 @@ def read_u32(data: bytes) -> int:
 
 def pack_u32(value: int) -> bytes:
     return value.to_bytes(4, sys.byteorder)
+
+
+def write_address(
+    notification: Notification, encoded: bytes, pointer: int, length_pointer: int
+) -> None:
+    """Answer a tracee's ``struct sockaddr *addr, socklen_t *addrlen`` pair as the kernel
+    does: copy at most ``*addrlen`` bytes, then store the full length."""
+    if length_pointer == 0:
+        return
+    room = read_u32(notification.read_memory(length_pointer, 4))
+    if pointer and room:
+        notification.write_memory(pointer, encoded[:room])
+    notification.write_memory(length_pointer, pack_u32(len(encoded)))
