@@ -22,6 +22,11 @@ class SyscallHandler(Protocol):
     paths, as ``bytes``, for which the answer is always ``CONTINUE``). The engine answers
     those itself without calling :meth:`handle` when this is the syscall's only handler
     (``docs/interception.md``, "Paths that always continue").
+
+    Optionally also ``trap_only_if_set``: syscall name -> index of an argument for which
+    :meth:`handle` always returns ``None`` when it is zero (``sendto`` without a
+    destination address). When every handler of the syscall declares the same, the filter
+    traps it only when the argument is set, and the other calls run natively.
     """
 
     #: Names of the syscalls this handler needs trapped (``"openat"``, ``"connect"`` …).

@@ -2,7 +2,9 @@
 
 The program checks the architecture, then compares the syscall number with the trapped
 ones: a match returns ``SECCOMP_RET_USER_NOTIF``, everything else ``SECCOMP_RET_ALLOW``
-and runs natively, at full speed. Syscalls of another ABI (32-bit x86 programs, x32) are
+and runs natively, at full speed. A syscall can also be trapped only when one of its
+arguments is non-zero (``sendto`` with a destination address): the same call without it
+(every ``send`` on a TCP socket) then runs natively instead of waiting for the supervisor. Syscalls of another ABI (32-bit x86 programs, x32) are
 allowed: their numbers mean different syscalls and the handlers only understand the
 native ABI.
 """
@@ -10,7 +12,7 @@ native ABI.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from mirrord_core.interception import seccomp_abi as abi
@@ -25,6 +27,7 @@ BPF_RET_K = 0x06 | 0x00  # BPF_RET | BPF_K
 #: Conditional jump offsets are 8 bits: comparisons go in chunks, each ending in its own
 #: ``ret USER_NOTIF`` that every comparison of the chunk can reach.
 _CHUNK = 128
+_DATA_OFFSET_ARGS = abi.SeccompData.args.offset
 
 
 class Instruction(NamedTuple):
@@ -36,8 +39,12 @@ class Instruction(NamedTuple):
     k: int
 
 
-def build_filter(numbers: Iterable[int], arch: str | None = None) -> list[Instruction]:
-    """A program trapping syscall ``numbers`` of ``arch`` (default: the running one).
+def build_filter(
+    numbers: Iterable[int], arch: str | None = None, when_set: Mapping[int, int] | None = None
+) -> list[Instruction]:
+    """A program trapping syscall ``numbers`` of ``arch`` (default: the running one), and
+    the syscalls of ``when_set`` (number -> argument index) when that argument is non-zero
+    (a number in both is trapped always).
 
     >>> [i.code for i in build_filter([], "aarch64")][-1] == BPF_RET_K
     True
@@ -48,8 +55,11 @@ def build_filter(numbers: Iterable[int], arch: str | None = None) -> list[Instru
     except KeyError:
         raise abi.UnsupportedArchitecture(f"no seccomp audit arch for {arch}") from None
     trapped = sorted(set(numbers))
-    if any(n < 0 or n >= abi.X32_SYSCALL_BIT for n in trapped):
-        raise ValueError(f"syscall numbers out of range: {trapped}")
+    conditional = {n: i for n, i in (when_set or {}).items() if n not in trapped}
+    if any(n < 0 or n >= abi.X32_SYSCALL_BIT for n in [*trapped, *conditional]):
+        raise ValueError(f"syscall numbers out of range: {trapped + sorted(conditional)}")
+    if any(not 0 <= i < 6 for i in conditional.values()):
+        raise ValueError(f"syscall argument indexes are 0 to 5: {conditional}")
 
     allow = Instruction(BPF_RET_K, 0, 0, abi.SECCOMP_RET_ALLOW)
     notify = Instruction(BPF_RET_K, 0, 0, abi.SECCOMP_RET_USER_NOTIF)
@@ -61,6 +71,8 @@ def build_filter(numbers: Iterable[int], arch: str | None = None) -> list[Instru
     ]
     if arch == "x86_64":
         program += [Instruction(BPF_JMP_JGE_K, 0, 1, abi.X32_SYSCALL_BIT), allow]
+    for number, argument in sorted(conditional.items()):
+        program += _trap_when_set(number, argument, allow, notify)
     chunks = [trapped[i : i + _CHUNK] for i in range(0, len(trapped), _CHUNK)]
     for index, chunk in enumerate(chunks):
         size = len(chunk)
@@ -73,6 +85,26 @@ def build_filter(numbers: Iterable[int], arch: str | None = None) -> list[Instru
     if not chunks:
         program.append(allow)
     return program
+
+
+def _trap_when_set(
+    number: int, argument: int, allow: Instruction, notify: Instruction
+) -> list[Instruction]:
+    """Syscall ``number`` traps when its 64-bit ``argument`` is non-zero, else runs; other
+    syscalls jump over this block with the number still loaded."""
+    # Both supported architectures are little-endian: the low half comes first.
+    low = _DATA_OFFSET_ARGS + 8 * argument
+    high = low + 4
+    return [
+        Instruction(BPF_JMP_JEQ_K, 0, 7, number),
+        Instruction(BPF_LD_W_ABS, 0, 0, low),
+        Instruction(BPF_JMP_JEQ_K, 1, 0, 0),
+        notify,
+        Instruction(BPF_LD_W_ABS, 0, 0, high),
+        Instruction(BPF_JMP_JEQ_K, 0, 1, 0),
+        allow,
+        notify,
+    ]
 
 
 class CompiledFilter:
@@ -92,15 +124,21 @@ class CompiledFilter:
         return ctypes.addressof(self.fprog)
 
 
-def compile_filter(names: Iterable[str], arch: str | None = None) -> CompiledFilter:
-    """The filter trapping the syscalls called ``names`` on ``arch`` (default: running one).
+def compile_filter(
+    names: Iterable[str], arch: str | None = None, when_set: Mapping[str, int] | None = None
+) -> CompiledFilter:
+    """The filter trapping the syscalls called ``names`` on ``arch`` (default: running one),
+    and those of ``when_set`` (name -> argument index) when that argument is non-zero.
 
     Names the architecture lacks (``open`` on aarch64) are skipped: no program there can
     make that syscall. Unknown names raise :class:`ValueError`.
     """
     table = abi.syscall_table(arch)
     wanted = set(names)
-    unknown = wanted - abi.KNOWN_SYSCALLS
+    conditional = dict(when_set or {})
+    unknown = (wanted | set(conditional)) - abi.KNOWN_SYSCALLS
     if unknown:
         raise ValueError(f"unknown syscall names: {', '.join(sorted(unknown))}")
-    return CompiledFilter(build_filter((table[n] for n in wanted if n in table), arch))
+    numbers = (table[n] for n in wanted if n in table)
+    by_number = {table[n]: i for n, i in conditional.items() if n in table}
+    return CompiledFilter(build_filter(numbers, arch, by_number))

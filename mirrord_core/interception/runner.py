@@ -31,7 +31,11 @@ from mirrord_core.handler_protocols import SyscallHandler
 from mirrord_core.interception import capabilities, kernel
 from mirrord_core.interception.bpf_filter import compile_filter
 from mirrord_core.interception.launcher import LaunchedCommand, launch
-from mirrord_core.interception.supervisor import Supervisor, trapped_syscalls
+from mirrord_core.interception.supervisor import (
+    Supervisor,
+    trap_conditions,
+    trapped_syscalls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,9 @@ def run_intercepted(
     skip = [name for name in skip_processes if name]
     caps = capabilities.probe()
     caps.require()
-    compiled = compile_filter(trapped_syscalls(handler_list, skip))
+    names = trapped_syscalls(handler_list, skip)
+    conditions = trap_conditions(handler_list)
+    compiled = compile_filter(names - set(conditions), when_set=conditions)
 
     with _signals_held() as held:
         launched = launch(

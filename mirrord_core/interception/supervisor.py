@@ -43,6 +43,19 @@ def trapped_syscalls(
     return frozenset(names)
 
 
+def trap_conditions(handlers: Iterable[SyscallHandler]) -> dict[str, int]:
+    """Syscall name -> argument index, for the syscalls to trap only when that argument is
+    non-zero: those every handler of them declares so (``trap_only_if_set``)."""
+    conditions: dict[str, int | None] = {}
+    for handler in handlers:
+        declared = getattr(handler, "trap_only_if_set", None) or {}
+        for name in handler.syscalls:
+            argument = declared.get(name)
+            if conditions.setdefault(name, argument) != argument:
+                conditions[name] = None  # handlers disagree: trap it always
+    return {name: argument for name, argument in conditions.items() if argument is not None}
+
+
 class Supervisor:
     """Answers the notifications of one seccomp listener.
 

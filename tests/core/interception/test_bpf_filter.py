@@ -24,6 +24,7 @@ from mirrord_core.interception.bpf_filter import (
     compile_filter,
 )
 from mirrord_core.interception.launcher import launch
+from mirrord_core.interception.runner import run_intercepted
 from mirrord_core.interception.supervisor import Supervisor
 
 HEADERS = {
@@ -32,9 +33,13 @@ HEADERS = {
 }
 
 
-def run_bpf(program: list[Instruction], nr: int, arch: int) -> int:
-    """Interpret ``program`` over a ``seccomp_data`` of (nr, arch) like the kernel does."""
+def run_bpf(program: list[Instruction], nr: int, arch: int, args: tuple[int, ...] = ()) -> int:
+    """Interpret ``program`` over a ``seccomp_data`` of (nr, arch, args) like the kernel
+    does (little-endian)."""
     data = {abi.DATA_OFFSET_NR: nr, abi.DATA_OFFSET_ARCH: arch}
+    for index, value in enumerate((*args, 0, 0, 0, 0, 0, 0)[:6]):
+        offset = abi.SeccompData.args.offset + 8 * index
+        data[offset], data[offset + 4] = value & 0xFFFFFFFF, value >> 32
     accumulator = 0
     pc = 0
     steps = 0
@@ -97,6 +102,28 @@ def test_compile_filter_by_name() -> None:
         compile_filter({"opne"})
 
 
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_conditional_syscalls_are_trapped_only_with_their_argument_set(arch: str) -> None:
+    native = abi.AUDIT_ARCH[arch]
+    program = build_filter({42, 300}, arch, when_set={44: 4, 45: 4, 300: 0})
+    notify, allow = abi.SECCOMP_RET_USER_NOTIF, abi.SECCOMP_RET_ALLOW
+    for nr in (44, 45):
+        assert run_bpf(program, nr, native, (3, 0x1000, 10, 0, 0, 0)) == allow
+        assert run_bpf(program, nr, native, (3, 0x1000, 10, 0, 0x7FFF0000, 16)) == notify
+        assert run_bpf(program, nr, native, (3, 0x1000, 10, 0, 1 << 40, 16)) == notify
+    # Unconditional wins over conditional; the other numbers are unaffected.
+    assert run_bpf(program, 300, native) == notify
+    assert run_bpf(program, 42, native) == notify
+    for nr in (0, 43, 46, 299, 301):
+        assert run_bpf(program, nr, native, (1, 1, 1, 1, 1, 1)) == allow
+    assert run_bpf(program, 44, 0x40000003, (0, 0, 0, 0, 1, 1)) == allow
+    named = compile_filter({"connect"}, "aarch64", when_set={"sendto": 4}).program
+    assert run_bpf(named, 206, abi.AUDIT_ARCH_AARCH64, (0, 0, 0, 0, 8, 16)) == notify
+    assert run_bpf(named, 206, abi.AUDIT_ARCH_AARCH64) == allow
+    with pytest.raises(ValueError):
+        build_filter({}, arch, when_set={44: 6})
+
+
 def test_out_of_range_numbers_are_refused() -> None:
     with pytest.raises(ValueError):
         build_filter({-1})
@@ -146,8 +173,9 @@ def test_structures_and_ioctls_match_the_kernel() -> None:
 
 
 class _Recorder:
-    def __init__(self, syscalls: set[str]) -> None:
+    def __init__(self, syscalls: set[str], trap_only_if_set: dict[str, int] | None = None) -> None:
         self.syscalls = frozenset(syscalls)
+        self.trap_only_if_set = trap_only_if_set or {}
         self.seen: list[str] = []
 
     def handle(self, notification: object) -> None:
@@ -178,3 +206,18 @@ def test_the_kernel_traps_only_the_requested_syscalls(tmp_path: Path) -> None:
         supervisor.stop()
     assert recorder.seen and set(recorder.seen) <= {"mkdir", "mkdirat"}
     assert not directory.exists()
+
+
+def test_the_kernel_traps_sendto_only_with_an_address() -> None:
+    """In the kernel, through run_intercepted: a TCP-like send (sendto without an address)
+    and recv run natively; a sendto with a destination is trapped."""
+    recorder = _Recorder({"sendto", "recvfrom"}, {"sendto": 4, "recvfrom": 4})
+    code = (
+        "import socket\n"
+        "a, b = socket.socketpair()\n"
+        "a.send(b'x'); assert b.recv(1) == b'x'\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0))\n"
+        "u.sendto(b'y', u.getsockname()); assert u.recvfrom(1)[0] == b'y'\n"
+    )
+    assert run_intercepted([sys.executable, "-c", code], handlers=[recorder]) == 0
+    assert sorted(recorder.seen) == ["recvfrom", "sendto"]
