@@ -4,9 +4,9 @@ The program checks the architecture, then compares the syscall number with the t
 ones: a match returns ``SECCOMP_RET_USER_NOTIF``, everything else ``SECCOMP_RET_ALLOW``
 and runs natively, at full speed. A syscall can also be trapped only when one of its
 arguments is non-zero (``sendto`` with a destination address): the same call without it
-(every ``send`` on a TCP socket) then runs natively instead of waiting for the supervisor. Syscalls of another ABI (32-bit x86 programs, x32) are
-allowed: their numbers mean different syscalls and the handlers only understand the
-native ABI.
+(every ``send`` on a TCP socket) then runs natively instead of waiting for the
+supervisor. Syscalls of another ABI (32-bit x86 programs, x32) are allowed: their numbers
+mean different syscalls and the handlers only understand the native ABI.
 """
 
 from __future__ import annotations
