@@ -113,6 +113,28 @@ def _new_bufvec(bufpp: Any) -> _FuseBuf:
     return vector.buf[0]
 
 
+#: mallopt(3) parameters of glibc.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: Allocations up to this size come from the heap, not from a mapping of their own.
+_MMAP_THRESHOLD = 4 * 1024 * 1024
+#: Free heap memory kept for reuse before it is given back to the kernel.
+_TRIM_THRESHOLD = 64 * 1024 * 1024
+
+
+def _keep_answer_buffers() -> None:
+    """Keep libfuse's answer buffers (1 MiB per read answered from a descriptor, allocated
+    and freed per answer) in the heap: from a mapping of their own, every answer would
+    fault its pages in afresh, which costs as much as the copy itself on a VM. glibc's
+    default threshold adapts only after such a buffer was freed, in each thread's arena."""
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:  # not glibc
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+
+
 def reply_from_fd(bufpp: Any, fd: int, offset: int, size: int) -> None:
     """Answer a ``read_buf`` with ``size`` bytes at ``offset`` of ``fd``: libfuse reads them
     into its answer itself, in C (no Python bytes, no copy under the GIL). ``fd`` must stay
@@ -229,6 +251,7 @@ class FuseDriver:
 
     def mount(self) -> None:
         """Create the libfuse instance and mount it (the kernel's INIT follows in ``run``)."""
+        _keep_answer_buffers()
         argv = (ctypes.c_char_p * len(self._argv))(*self._argv)
         args = _FuseArgs(len(self._argv), argv, 0)
         fuse = _fuse_new(
