@@ -104,6 +104,8 @@ class Stream:
         self._recv_allowed = STREAM_WINDOW
         self._unacknowledged = 0
         self._readable = asyncio.Event()
+        # Called (synchronously, by the read loop) when data, the end or a failure arrives.
+        self._readable_callback: Callable[[], None] | None = None
 
         self._send_credit = STREAM_WINDOW
         self._send_ended = False
@@ -229,6 +231,47 @@ class Stream:
             self._buffered -= len(chunk)
             self._consumed(len(chunk))
             yield chunk
+
+    def read_nowait(self) -> bytes | memoryview | None:
+        """The next chunk already received, as :meth:`chunks` yields it, or ``None`` when
+        nothing is buffered (at the end of the stream too: :meth:`at_eof` tells; a failed
+        stream's error is raised by :meth:`read`). Never waits."""
+        if self._read_closed:
+            raise StreamClosedError(f"stream {self.id}: read after close")
+        if not self._buffer:
+            return None
+        self._ensure_accepted(None)
+        chunk = self._buffer.popleft()
+        self._buffered -= len(chunk)
+        self._consumed(len(chunk))
+        return chunk
+
+    def set_readable_callback(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback()`` called whenever data arrives, the peer ends its direction or
+        the stream fails, right as the connection's read loop handles it (so it must not
+        block); for handing the data on without waking a task (:meth:`read_nowait`)."""
+        self._readable_callback = callback
+
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Send ``data`` now if that needs no waiting: flow-control credit for all of it,
+        no :meth:`write` under way and nothing queued on the connection. ``False`` (nothing
+        sent) otherwise: then :meth:`write` it. Keeps no reference to ``data``; raises
+        what :meth:`write` raises."""
+        view = memoryview(data).cast("B")
+        connection = self.connection
+        if (
+            self._write_lock.locked()
+            or len(view) > self._send_credit
+            or connection._writer.transport.get_write_buffer_size()
+        ):
+            return False
+        self._ensure_accepted(None)
+        self._raise_if_not_writable()
+        connection._raise_if_closed()
+        parts = connection.codec.stream_data_frame_parts(self.id, view, MAX_DATA_CHUNK)
+        self._send_credit -= len(view)
+        connection._write_parts(parts)
+        return True
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``, waiting for flow-control credit as needed.
@@ -369,6 +412,8 @@ class Stream:
             self._buffer.append(data)
             self._buffered += len(data)
             self._readable.set()
+            if self._readable_callback is not None:
+                self._readable_callback()
 
     def _on_end(self) -> None:
         if not self._is_accepted():
@@ -377,6 +422,8 @@ class Stream:
             raise ProtocolViolation(f"duplicate stream_end for stream {self.id}")
         self._recv_eof = True
         self._readable.set()
+        if self._readable_callback is not None:
+            self._readable_callback()
         self._maybe_finished()
 
     def _on_reset(self, reason: str, errno: int | None) -> None:
@@ -466,6 +513,9 @@ class Stream:
             self._accepted.exception()
         self._readable.set()
         self._writable.set()
+        callback, self._readable_callback = self._readable_callback, None
+        if callback is not None:
+            callback()
         self._finish()
 
     def _maybe_finished(self) -> None:

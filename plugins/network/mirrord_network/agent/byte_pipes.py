@@ -105,9 +105,14 @@ class SocketPipe:
     def reset(self, reason: str = "reset") -> None:
         sock = self.writer.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            reset_on_close(sock)
         self.writer.transport.abort()
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make closing ``sock`` send a TCP RST (an abort) rather than a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 async def copy_until_end(source: Pipe, destination: Pipe) -> None:

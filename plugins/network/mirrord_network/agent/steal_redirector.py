@@ -9,7 +9,8 @@ destination (``SO_ORIGINAL_DST``) and
 
 - without a header filter, hands the whole connection to the subscriber: ``opener(info)``
   returns a :class:`~.byte_pipes.Pipe` (a protocol stream to the session) and bytes are
-  spliced both ways;
+  spliced both ways (between the raw socket and a protocol stream by
+  :mod:`mirrord_network.eager_pipe`, without a task wake-up per message);
 - with a header filter, routes each HTTP/1.x request by its headers
   (:mod:`.http_request_router`): matching ones through ``opener(info)``, the others to
   the original destination, i.e. the pod's own app.
@@ -34,7 +35,15 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
-from mirrord_network.agent.byte_pipes import CHUNK, Pipe, SocketPipe, splice
+from mirrord_core.protocol import Stream
+from mirrord_network.agent.byte_pipes import (
+    CHUNK,
+    Pipe,
+    SocketPipe,
+    close_quietly,
+    reset_on_close,
+    splice,
+)
 from mirrord_network.agent.connection_flusher import FlushError, flush_established_connections
 from mirrord_network.agent.http_request_router import route_http_requests
 from mirrord_network.agent.nft_steal_table import (
@@ -44,6 +53,8 @@ from mirrord_network.agent.nft_steal_table import (
     port_stolen_elsewhere,
     sweep_stale_tables,
 )
+from mirrord_network.eager_pipe import eager_socket_to_stream, eager_stream_to_socket
+from mirrord_network.socket_pipe import run_both
 
 __all__ = [
     "FlushError",
@@ -142,7 +153,8 @@ class StealRedirector:
 
     def __init__(self) -> None:
         self._table: StealTable | None = None
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._subscriptions: dict[int, _Subscription] = {}
         self._connections: set[asyncio.Task[None]] = set()
@@ -175,7 +187,9 @@ class StealRedirector:
             listener.close()
             raise
         self._table = table
-        self._server = await asyncio.start_server(self._serve, sock=listener, limit=CHUNK)
+        listener.setblocking(False)
+        self._listener = listener
+        self._acceptor = asyncio.create_task(self._accept_forever(listener))
         self._refresher = asyncio.create_task(self._refresh_forever())
         log.info("steal redirector: table %s, listener port %d", table.name, table.listener_port)
 
@@ -243,14 +257,17 @@ class StealRedirector:
             except NftablesError as error:
                 log.error("could not remove the steal table: %s", error)
             self._table = None
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -269,24 +286,40 @@ class StealRedirector:
                 with contextlib.suppress(NftablesError):
                     table.remove_port(port)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)  # type: ignore[arg-type]
+    async def _accept_forever(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as error:
+                # Out of descriptors or memory: the connection waits in the backlog.
+                log.warning("accepting a stolen connection: %s", error)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._serve(sock))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
         try:
-            await self._serve_connection(SocketPipe(reader, writer))
+            await self._serve_connection(sock)
         except asyncio.CancelledError:
             pass
         finally:
-            self._connections.discard(task)  # type: ignore[arg-type]
+            sock.close()
 
-    async def _serve_connection(self, client: SocketPipe) -> None:
-        sock = client.writer.get_extra_info("socket")
-        peer = client.writer.get_extra_info("peername")
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return  # already gone
         destination = original_destination(sock)
-        if destination is None or peer is None:
+        if destination is None:
             # Someone connected to the listener directly: nothing to steal.
-            client.reset("not a redirected connection")
+            (await _socket_pipe(sock)).reset("not a redirected connection")
             return
         info = StolenConnectionInfo(
             client=(_plain_address(peer[0]), peer[1]), destination=destination
@@ -298,21 +331,27 @@ class StealRedirector:
         subscription = self._subscriptions.get(destination[1])
         if subscription is None:
             # Released after the connection was redirected: the pod's app gets it.
-            await self._pass_through(client, info)
+            await self._pass_through(await _socket_pipe(sock), info)
             return
         if subscription.header_filter is not None:
             opener = subscription.opener
             await route_http_requests(
-                client, subscription.header_filter, lambda: opener(info), open_original
+                await _socket_pipe(sock),
+                subscription.header_filter,
+                lambda: opener(info),
+                open_original,
             )
             return
         try:
             stolen = await subscription.opener(info)
         except Exception as error:
             log.info("port %d: the subscriber is gone (%r), passing on", destination[1], error)
-            await self._pass_through(client, info)
+            await self._pass_through(await _socket_pipe(sock), info)
             return
-        await splice(client, stolen)
+        if isinstance(stolen, Stream):
+            await _relay_to_stream(sock, stolen)
+        else:
+            await splice(await _socket_pipe(sock), stolen)
 
     async def _pass_through(self, client: SocketPipe, info: StolenConnectionInfo) -> None:
         try:
@@ -322,3 +361,29 @@ class StealRedirector:
             client.reset("the original destination is unreachable")
             return
         await splice(client, original)
+
+
+async def _socket_pipe(sock: socket.socket) -> SocketPipe:
+    """The accepted ``sock`` as a :class:`SocketPipe` (asyncio streams own it from now)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHUNK)
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: asyncio.StreamReaderProtocol(reader), sock
+    )
+    writer = asyncio.StreamWriter(transport, transport.get_protocol(), reader, loop)  # type: ignore[arg-type]
+    return SocketPipe(reader, writer)
+
+
+async def _relay_to_stream(sock: socket.socket, stream: Stream) -> None:
+    """What :func:`~.byte_pipes.splice` does for a socket and a stream, message by message
+    without a task wake-up each: both ways until both ended; a failure of either side
+    resets the other."""
+    try:
+        await run_both(eager_socket_to_stream(sock, stream), eager_stream_to_socket(stream, sock))
+    except BaseException as error:
+        stream.reset(f"the other side failed: {error!r}"[:200])
+        reset_on_close(sock)
+        if not isinstance(error, Exception):
+            raise
+    finally:
+        await close_quietly(stream)

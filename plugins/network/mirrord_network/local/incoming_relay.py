@@ -26,13 +26,13 @@ import attrs
 
 from mirrord_core.protocol import ConnectionLost, Stream
 from mirrord_core.protocol.errors import StreamResetError
+from mirrord_network.eager_pipe import eager_socket_to_stream, eager_stream_to_socket
 from mirrord_network.local.accept_gate import AcceptGate
 from mirrord_network.local.sockaddr import InetAddress
 from mirrord_network.messages import IncomingConnection
 
 log = logging.getLogger(__name__)
 
-PIPE_CHUNK = 256 * 1024
 #: How many relay-address → client entries are kept for accept/getpeername lookups.
 MAX_REMEMBERED_PEERS = 4096
 
@@ -148,25 +148,20 @@ async def relay_incoming(
 
 async def _to_app(loop: asyncio.AbstractEventLoop, stream: Stream, sock: socket.socket) -> None:
     try:
-        while data := await stream.read(PIPE_CHUNK):
-            await loop.sock_sendall(sock, data)
+        # Shuts the socket's sending side down at the end of the stream.
+        await eager_stream_to_socket(stream, sock)
     except (StreamResetError, ConnectionLost, OSError) as err:
         log.debug("incoming connection to the app ended: %s", err)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        return
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
 
 
 async def _from_app(
     loop: asyncio.AbstractEventLoop, stream: Stream, sock: socket.socket, *, discard: bool
 ) -> None:
     try:
-        while data := await loop.sock_recv(sock, PIPE_CHUNK):
-            if not discard:
-                await stream.write(data)
-        await stream.end()
+        # Ends the stream at the app's end of data.
+        await eager_socket_to_stream(sock, stream, discard=discard)
     except ConnectionResetError:
         stream.reset("the local app reset the connection")
     except (StreamResetError, ConnectionLost, OSError) as err:
