@@ -50,7 +50,12 @@ class Session:
     async def connect(
         cls, endpoint: AgentEndpoint, *, client_name: str = "mirrord", timeout: float = 10.0
     ) -> Session:
-        """Connect to the agent at ``endpoint`` and authenticate with its token."""
+        """Connect to the agent at ``endpoint`` and authenticate with its token.
+
+        A resumable endpoint's session survives a dropped connection: operations wait while
+        the session reconnects to the same address (within the agent's grace period), and
+        fail with :class:`SessionError` only if the agent cannot resume it.
+        """
         where = f"{endpoint.host}:{endpoint.port}"
         try:
             connection = await open_connection(
@@ -59,6 +64,7 @@ class Session:
                 token=endpoint.token,
                 client_name=client_name,
                 connect_timeout=timeout,
+                resumable=endpoint.resumable,
             )
         except ConnectFailed as err:
             raise SessionError(f"the agent at {where} is unreachable: {err}") from None

@@ -34,3 +34,6 @@ class AgentEndpoint:
     port: int
     token: str = attrs.field(repr=False)
     release: Callable[[], None] = attrs.field(default=lambda: None, repr=False)
+    #: Reconnect to ``host:port`` and resume the session when the connection drops (the
+    #: agent is behind a port-forward that a new connection re-establishes).
+    resumable: bool = False

@@ -62,6 +62,9 @@ from mirrord_core.protocol.handshake import HANDSHAKE_TIMEOUT, tokens_match
 from mirrord_core.protocol.messages import (
     CORE_MESSAGES,
     PROTOCOL_VERSION,
+    RESUMABLE_PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Ack,
     ErrorResponse,
     Goodbye,
     Hello,
@@ -72,6 +75,9 @@ from mirrord_core.protocol.messages import (
     Refused,
     Request,
     Response,
+    Resume,
+    Resumed,
+    ResumeTicket,
     StreamAccept,
     StreamData,
     StreamEnd,
@@ -87,6 +93,7 @@ from mirrord_core.protocol.registry import (
     MessageRegistry,
     register_message,
 )
+from mirrord_core.protocol.resumption import ResumeRefused
 from mirrord_core.protocol.server import ProtocolServer
 from mirrord_core.protocol.streams import MAX_DATA_CHUNK, STREAM_WINDOW, Stream
 
@@ -100,8 +107,11 @@ __all__ = [
     "MAX_FRAME_SIZE",
     "MAX_MESSAGE_NESTING",
     "PROTOCOL_VERSION",
+    "RESUMABLE_PROTOCOL_VERSION",
     "STREAM_WINDOW",
+    "SUPPORTED_PROTOCOL_VERSIONS",
     "TAG_KEY",
+    "Ack",
     "Codec",
     "ConnectFailed",
     "Connection",
@@ -136,6 +146,10 @@ __all__ = [
     "RequestFailed",
     "RequestHandler",
     "Response",
+    "Resume",
+    "ResumeRefused",
+    "ResumeTicket",
+    "Resumed",
     "Stream",
     "StreamAccept",
     "StreamClosedError",

@@ -6,6 +6,10 @@ waiting on the application: stream data goes into per-stream buffers bounded by 
 control, requests run as their own tasks, and control messages (pongs, window updates) are
 queued without waiting for the socket to drain. Anything the peer sends that breaks the
 protocol is answered with ``ProtocolError`` and closes this connection only.
+
+A resumable connection (protocol version 2, see :mod:`.resumption`) survives the loss of
+its transport: it is *suspended* (operations wait), the client reconnects and both sides
+send again what the other has not received; streams, requests and handlers never notice.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from mirrord_core.protocol.errors import (
     ConnectionClosedLocally,
     ConnectionLost,
     FrameTooLarge,
+    HandshakeError,
+    HandshakeRefused,
     PeerClosed,
     PeerProtocolError,
     PeerTimeout,
@@ -39,12 +45,23 @@ from mirrord_core.protocol.errors import (
     RequestFailed,
     StreamRefused,
     StreamResetError,
+    TruncatedFrame,
     clip,
 )
 from mirrord_core.protocol.framing import MAX_FRAME_SIZE, FrameReader, read_frame
-from mirrord_core.protocol.handshake import HANDSHAKE_TIMEOUT, client_handshake, server_handshake
+from mirrord_core.protocol.handshake import (
+    HANDSHAKE_TIMEOUT,
+    answer_resume,
+    client_handshake,
+    client_resume,
+    refuse,
+    server_handshake,
+    tokens_match,
+)
 from mirrord_core.protocol.messages import (
     HANDSHAKE_MESSAGES,
+    RESUMABLE_PROTOCOL_VERSION,
+    Ack,
     ErrorResponse,
     Goodbye,
     Ok,
@@ -53,6 +70,8 @@ from mirrord_core.protocol.messages import (
     ProtocolError,
     Request,
     Response,
+    Resume,
+    ResumeTicket,
     StreamAccept,
     StreamData,
     StreamEnd,
@@ -61,6 +80,15 @@ from mirrord_core.protocol.messages import (
     WindowUpdate,
 )
 from mirrord_core.protocol.registry import Message
+from mirrord_core.protocol.resumption import (
+    ACK_EVERY_BYTES,
+    ACK_EVERY_FRAMES,
+    Reconnect,
+    ReplayBuffer,
+    ResumeImpossible,
+    ResumeRefused,
+    ResumeState,
+)
 from mirrord_core.protocol.splicing import SplicePipe, SpliceUnsupported
 from mirrord_core.protocol.streams import MAX_DATA_CHUNK, STREAM_WINDOW, Stream
 from mirrord_core.protocol.transport import close_transport
@@ -124,6 +152,13 @@ class ConnectionOptions:
     max_concurrent_requests: int = attrs.field(default=1024, validator=_positive)
     #: Streams open at once (both directions); more are refused.
     max_streams: int = attrs.field(default=512, validator=_positive)
+    #: Server: seconds a resumable session whose transport dropped (no ``Goodbye``) stays
+    #: suspended, waiting for its client to reconnect; ``None`` offers no resumption.
+    #: Longer than the default ``peer_timeout``: a client may notice a silent drop only then.
+    resume_grace: float | None = attrs.field(default=60.0, validator=_positive_or_none)
+    #: Resumable sessions: bytes of sent, unacknowledged frames kept for replay; above it,
+    #: sending waits for the peer's acknowledgement.
+    resume_buffer: int = attrs.field(default=32 * 1024 * 1024, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -172,6 +207,7 @@ class Connection:
         request_handlers: Mapping[type[Message] | str, RequestHandler] | None = None,
         stream_handlers: Mapping[str, StreamHandler] | None = None,
         options: ConnectionOptions | None = None,
+        resume: ResumeState | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -223,6 +259,19 @@ class Connection:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closer_task: asyncio.Task[None] | None = None
 
+        # Session resumption (see .resumption): frames kept for replay, frames received.
+        self._resume = resume
+        self._replay = ReplayBuffer(self.options.resume_buffer) if resume is not None else None
+        self._received = 0
+        self._ack_sent = 0
+        self._unacked_bytes = 0
+        self._suspended = False
+        self._attached = asyncio.Event()
+        self._attached.set()
+        self._acked = asyncio.Event()
+        self._acked.set()
+        self._suspend_task: asyncio.Task[None] | None = None
+
     def __repr__(self) -> str:
         state = "closed" if self._close_error is not None else "open"
         side = "client" if self.is_client else "server"
@@ -234,7 +283,9 @@ class Connection:
         """Start reading and heartbeats (done by :func:`connect` and :func:`accept`)."""
         if self._read_task is not None:
             return
-        self._read_task = self._loop.create_task(self._read_loop(), name=f"{self!r} reader")
+        self._read_task = self._loop.create_task(
+            self._read_loop(self._reader, self._writer), name=f"{self!r} reader"
+        )
         if self.options.heartbeat_interval is not None:
             self._heartbeat_task = self._loop.create_task(
                 self._heartbeat(), name=f"{self!r} heartbeat"
@@ -249,6 +300,16 @@ class Connection:
     def close_reason(self) -> ConnectionLost | None:
         """Why the connection ended, or ``None`` while it is open."""
         return self._close_error
+
+    @property
+    def resumable(self) -> bool:
+        """True when the session survives the loss of its transport (protocol version 2)."""
+        return self._resume is not None
+
+    @property
+    def suspended(self) -> bool:
+        """True while a resumable session has no transport (waiting for its client)."""
+        return self._suspended
 
     @property
     def open_streams(self) -> int:
@@ -325,6 +386,10 @@ class Connection:
         finally:
             # A late answer to an abandoned request is recognised (id already used) and ignored.
             self._pending.pop(request_id, None)
+            if future.done() and not future.cancelled():
+                # Failed while the request was still being sent (the connection ended while
+                # a resumable session waited for its transport): the raise says it already.
+                future.exception()
 
     async def ping(self, *, timeout: float | None = None) -> float:
         """Round-trip a ``Ping``; returns the round-trip time in seconds."""
@@ -392,14 +457,23 @@ class Connection:
         """Queue a small control message without waiting; dropped once closing."""
         frame = self.codec.encode_frame(message)
         if self._close_error is None:
-            self._writer.write(frame)
+            self._output(frame)
+
+    def _output(self, data: bytes) -> None:
+        """Write complete frames; a resumable connection keeps them for replay and, while
+        suspended, only keeps them (they go out on the next transport)."""
+        if self._replay is not None:
+            self._replay.record(data)
+            if self._suspended:
+                return
+        self._writer.write(data)
 
     async def _send(self, message: Message) -> None:
         await self._send_frame(self.codec.encode_frame(message))
 
     async def _send_frame(self, frame: bytes) -> None:
         self._raise_if_closed()
-        self._writer.write(frame)
+        self._output(frame)
         await self._drain()
 
     async def _send_parts(self, parts: list[bytes | memoryview]) -> None:
@@ -410,6 +484,10 @@ class Connection:
         await self._drain()
 
     def _write_parts(self, parts: list[bytes | memoryview]) -> None:
+        if self._replay is not None:
+            # Kept for replay: a copy, since the caller reuses its buffers.
+            self._output(b"".join(parts))
+            return
         transport = self._writer.transport
         fd = self._direct_fd
         if (
@@ -477,6 +555,8 @@ class Connection:
 
     def _splice_pipe(self) -> SplicePipe | None:
         """The pipe for splicing stream data to the connection, if that can work here."""
+        if self._replay is not None:
+            return None  # spliced data never passes through us, so it could not be replayed
         if self._pipe is None and not self._splice_unusable and self._direct_fd is not None:
             try:
                 self._pipe = SplicePipe(MAX_DATA_CHUNK)
@@ -528,19 +608,33 @@ class Connection:
             self._corkable = False  # not TCP (a unix socket): nothing to cork
 
     async def _drain(self) -> None:
-        try:
-            await self._writer.drain()
-        except ConnectionError as exc:
-            if self._close_error is None:
-                self._shutdown(PeerClosed(f"connection lost: {exc}"), None)
-            raise self._lost() from None
+        while True:
+            self._raise_if_closed()
+            if self._suspended:
+                await self._attached.wait()  # set again on resumption or close
+                continue
+            writer = self._writer
+            try:
+                await writer.drain()
+            except ConnectionError as exc:
+                self._transport_lost(writer, f"connection lost: {exc}")
+                if self._resume is None:
+                    raise self._lost() from None
+                continue
+            break
+        replay = self._replay
+        while replay is not None and replay.full:
+            # The peer has not acknowledged enough: more output would grow the replay buffer.
+            self._acked.clear()
+            await self._acked.wait()
+            self._raise_if_closed()
         self._raise_if_closed()
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        reader = self._reader
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frames = isinstance(reader, FrameReader) and reader.start_frames(MAX_FRAME_SIZE)
+        counting = self._replay is not None
         try:
             while self._close_error is None:
                 if frames:
@@ -548,36 +642,42 @@ class Connection:
                 else:
                     body = await read_frame(reader, MAX_FRAME_SIZE)
                 if body is None:
-                    self._shutdown(
-                        PeerClosed(
-                            "connection lost: the peer closed the connection without saying "
-                            "goodbye (EOF)"
-                        ),
-                        None,
+                    self._transport_lost(
+                        writer,
+                        "connection lost: the peer closed the connection without saying "
+                        "goodbye (EOF)",
                     )
                     return
                 self._last_received = self._loop.time()
                 # Bulk data skips the general decoder: the payload stays a view of the body.
                 data = self.codec.stream_data_payload(body)
                 if data is not None:
+                    if counting:
+                        self._count_received(len(body))
                     stream = self._lookup_stream(data[0], StreamData.TAG)
                     if stream is not None:
                         stream._on_data(data[1])
                 else:
-                    self._dispatch(self.codec.decode(body))
-                transport = self._writer.transport
+                    message = self.codec.decode(body)
+                    if isinstance(message, Ack):
+                        self._on_ack(message)
+                    else:
+                        if counting:
+                            self._count_received(len(body))
+                        self._dispatch(message)
+                transport = writer.transport
                 if transport.get_write_buffer_size() > MAX_PENDING_OUTPUT:
-                    await self._writer.drain()
+                    await writer.drain()
+        except TruncatedFrame as exc:
+            if self._resume is None:
+                self._protocol_violation(exc)
+            else:
+                # The transport ended inside a frame: lost, not broken (the frame comes again).
+                self._transport_lost(writer, f"connection lost: {exc}")
         except ProtocolViolation as exc:
-            log.warning("%r: protocol violation by the peer: %s", self, exc)
-            self._shutdown(
-                ProtocolViolationByPeer(
-                    f"connection closed: the peer broke the protocol: {clip(str(exc))}"
-                ),
-                ProtocolError(message=clip(str(exc))),
-            )
+            self._protocol_violation(exc)
         except (ConnectionError, OSError) as exc:
-            self._shutdown(PeerClosed(f"connection lost: {exc}"), None)
+            self._transport_lost(writer, f"connection lost: {exc}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -590,6 +690,15 @@ class Connection:
         finally:
             if frames:
                 reader.stop_frames()
+
+    def _protocol_violation(self, exc: ProtocolViolation) -> None:
+        log.warning("%r: protocol violation by the peer: %s", self, exc)
+        self._shutdown(
+            ProtocolViolationByPeer(
+                f"connection closed: the peer broke the protocol: {clip(str(exc))}"
+            ),
+            ProtocolError(message=clip(str(exc))),
+        )
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, StreamData):
@@ -818,6 +927,165 @@ class Connection:
         if self._streams.get(stream.id) is stream:
             del self._streams[stream.id]
 
+    # -- session resumption ------------------------------------------------------------------
+
+    def _count_received(self, size: int) -> None:
+        self._received += 1
+        self._unacked_bytes += size
+        if (
+            self._received - self._ack_sent >= ACK_EVERY_FRAMES
+            or self._unacked_bytes >= ACK_EVERY_BYTES
+        ):
+            self._send_ack()
+
+    def _send_ack(self) -> None:
+        """Tell the peer how many frames arrived (not counted, not kept for replay)."""
+        self._ack_sent = self._received
+        self._unacked_bytes = 0
+        if not self._suspended and self._close_error is None:
+            self._writer.write(self.codec.encode_frame(Ack(received=self._received)))
+
+    def _on_ack(self, message: Ack) -> None:
+        if self._replay is None:
+            raise ProtocolViolation("'ack' on a connection without session resumption")
+        self._replay.acknowledge(message.received)
+        if not self._replay.full:
+            self._acked.set()
+
+    def _transport_lost(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        """The transport of ``writer`` failed: close, or suspend a resumable session."""
+        if self._resume is None:
+            self._shutdown(PeerClosed(reason), None)
+            return
+        if self._close_error is not None or self._suspended or writer is not self._writer:
+            return  # already handled, or an old transport's late news
+        self._suspend(reason)
+
+    def _suspend(self, reason: str) -> None:
+        assert self._resume is not None
+        self._suspended = True
+        self._attached.clear()
+        log.info("%r: %s; session suspended for resumption", self, reason)
+        read_task = self._read_task
+        if read_task is not None and read_task is not asyncio.current_task():
+            read_task.cancel()
+        self._writer.transport.abort()
+        if self._resume.reconnect is not None:
+            self._suspend_task = self._spawn(self._reconnect(reason))
+        else:
+            self._suspend_task = self._spawn(self._expire(reason))
+
+    async def _expire(self, reason: str) -> None:
+        """Server: end the suspended session once its grace period is over."""
+        assert self._resume is not None
+        await asyncio.sleep(self._resume.grace)
+        if self._suspended:
+            self._shutdown(
+                ResumeRefused(
+                    f"{reason}; the client did not resume the session within "
+                    f"{self._resume.grace:g} s"
+                ),
+                None,
+            )
+
+    async def _reconnect(self, reason: str) -> None:
+        """Client: open new transports (with backoff) until the server resumes the session."""
+        resume = self._resume
+        assert resume is not None and resume.reconnect is not None
+        deadline = self._loop.time() + resume.grace
+        delay = 0.05
+        last_error = "no attempt"
+        while (remaining := deadline - self._loop.time()) > 0:
+            limit = min(remaining, self.options.handshake_timeout)
+            try:
+                async with asyncio.timeout(limit):
+                    reader, writer = await resume.reconnect()
+                peer_received = await client_resume(
+                    reader,
+                    writer,
+                    self.codec,
+                    Resume(
+                        protocol_version=RESUMABLE_PROTOCOL_VERSION,
+                        token=resume.token,
+                        client_name=resume.client_name,
+                        session_id=self.session_id,
+                        secret=resume.secret,
+                        received=self._received,
+                    ),
+                    timeout=limit,
+                    linger=self.options.close_timeout,
+                )
+            except HandshakeRefused as exc:
+                self._shutdown(
+                    ResumeRefused(
+                        f"{reason}; the server refused to resume the session: {exc.reason}"
+                    ),
+                    None,
+                )
+                return
+            except Exception as exc:
+                last_error = str(exc) or type(exc).__name__
+                log.debug("%r: reconnection failed: %s", self, last_error)
+                await asyncio.sleep(min(delay, max(0.0, deadline - self._loop.time())))
+                delay = min(delay * 2, 1.0)
+                continue
+            try:
+                self._attach(reader, writer, peer_received)
+            except ResumeImpossible as exc:
+                writer.transport.abort()
+                self._shutdown(ResumeRefused(f"{reason}; cannot resume the session: {exc}"), None)
+            return
+        self._shutdown(
+            ResumeRefused(
+                f"{reason}; could not resume the session within {resume.grace:g} s "
+                f"(last attempt: {last_error})"
+            ),
+            None,
+        )
+
+    async def _take_over(self) -> int:
+        """Server: stop using the current transport for a resuming client; returns how many
+        frames arrived from the client (the old transport is read no more)."""
+        if not self._suspended:
+            self._suspend("the client reconnected")
+        read_task = self._read_task
+        if read_task is not None and read_task is not asyncio.current_task():
+            await asyncio.gather(read_task, return_exceptions=True)
+        return self._received
+
+    def _attach(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_received: int
+    ) -> None:
+        """Continue on a new transport: send again what the peer has not received, read on.
+
+        Raises :class:`ResumeImpossible` when ``peer_received`` does not fit what we sent.
+        """
+        assert self._replay is not None and self._suspended
+        again = self._replay.unacknowledged_after(peer_received)
+        self._replay.acknowledge(peer_received)
+        self._reader, self._writer = reader, writer
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            writer.transport.set_write_buffer_limits(high=STREAM_WINDOW)
+        self._direct_fd = _direct_socket_fd(writer.transport)
+        self.peer_address = writer.get_extra_info("peername")
+        if again:
+            writer.write(b"".join(again))
+        self._ack_sent = self._received
+        self._unacked_bytes = 0
+        self._suspended = False
+        self._last_received = self._loop.time()
+        task = self._suspend_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._suspend_task = None
+        self._read_task = self._loop.create_task(
+            self._read_loop(reader, writer), name=f"{self!r} reader"
+        )
+        self._attached.set()
+        if not self._replay.full:
+            self._acked.set()
+        log.info("%r: session resumed, %d frames sent again", self, len(again))
+
     # -- heartbeats ----------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
@@ -826,7 +1094,15 @@ class Connection:
         assert interval is not None
         while self._close_error is None:
             await asyncio.sleep(interval)
+            if self._suspended:
+                continue
             silent_for = self._loop.time() - self._last_received
+            if timeout is not None and silent_for > timeout and self._resume is not None:
+                self._transport_lost(
+                    self._writer,
+                    f"connection lost: no message from the peer for {silent_for:.1f} s",
+                )
+                continue
             if timeout is not None and silent_for > timeout:
                 self._shutdown(
                     PeerTimeout(
@@ -836,6 +1112,8 @@ class Connection:
                     Goodbye(reason=f"no message from you for {silent_for:.1f} s"),
                 )
                 return
+            if self._received > self._ack_sent:
+                self._send_ack()
             self._write_nowait(Ping(nonce=next(self._nonces)))
 
     # -- closing ---------------------------------------------------------------------------
@@ -858,6 +1136,9 @@ class Connection:
                 log.exception("%r: cannot encode the final %r", self, final.TAG)
         self._close_error = error
         log.info("%r: %s", self, error)
+        # Operations waiting for a transport or an acknowledgement see the close now.
+        self._attached.set()
+        self._acked.set()
 
         for future in [*self._pending.values(), *self._pings.values()]:
             if not future.done():
@@ -920,14 +1201,19 @@ async def connect(
     request_handlers: Mapping[type[Message] | str, RequestHandler] | None = None,
     stream_handlers: Mapping[str, StreamHandler] | None = None,
     options: ConnectionOptions | None = None,
+    reconnect: Reconnect | None = None,
 ) -> Connection:
     """Run the client handshake on an open stream pair and return the started connection.
+
+    With ``reconnect`` the session is resumable if the server offers it: when the transport
+    drops, ``reconnect()`` is called (with backoff, within the server's grace period) for a
+    new one, and the session continues on it.
 
     Raises :class:`HandshakeRefused` (wrong token or version) or :class:`HandshakeError`.
     """
     codec = codec if codec is not None else default_codec()
     options = options if options is not None else ConnectionOptions()
-    welcome = await client_handshake(
+    welcome, ticket = await client_handshake(
         reader,
         writer,
         codec,
@@ -935,7 +1221,17 @@ async def connect(
         client_name=client_name,
         timeout=options.handshake_timeout,
         linger=options.close_timeout,
+        resumable=reconnect is not None,
     )
+    resume = None
+    if ticket is not None:
+        resume = ResumeState(
+            secret=ticket.secret,
+            grace=ticket.grace,
+            reconnect=reconnect,
+            token=token,
+            client_name=client_name,
+        )
     connection = Connection(
         reader,
         writer,
@@ -946,6 +1242,7 @@ async def connect(
         request_handlers=request_handlers,
         stream_handlers=stream_handlers,
         options=options,
+        resume=resume,
     )
     connection.start()
     return connection
@@ -961,8 +1258,13 @@ async def accept(
     request_handlers: Mapping[type[Message] | str, RequestHandler] | None = None,
     stream_handlers: Mapping[str, StreamHandler] | None = None,
     options: ConnectionOptions | None = None,
-) -> Connection:
+    sessions: dict[str, Connection] | None = None,
+) -> Connection | None:
     """Run the server handshake on an accepted stream pair and return the started connection.
+
+    With ``sessions`` (the server's resumable sessions by id, maintained here) and
+    ``options.resume_grace``, a client announcing version 2 gets a resumable session, and a
+    client resuming one hands this transport to it: ``None`` is returned then.
 
     Raises :class:`HandshakeError` after answering ``Refused`` or ``ProtocolError`` and
     closing the socket.
@@ -970,6 +1272,9 @@ async def accept(
     codec = codec if codec is not None else default_codec()
     options = options if options is not None else ConnectionOptions()
     session_id = session_id if session_id is not None else secrets.token_hex(8)
+    ticket = None
+    if sessions is not None and options.resume_grace is not None:
+        ticket = ResumeTicket(secret=secrets.token_urlsafe(32), grace=options.resume_grace)
     hello = await server_handshake(
         reader,
         writer,
@@ -978,7 +1283,14 @@ async def accept(
         session_id=session_id,
         timeout=options.handshake_timeout,
         linger=options.close_timeout,
+        ticket=ticket,
     )
+    if isinstance(hello, Resume):
+        await _resume_session(reader, writer, codec, hello, sessions or {}, options)
+        return None
+    resume = None
+    if ticket is not None and hello.protocol_version == RESUMABLE_PROTOCOL_VERSION:
+        resume = ResumeState(secret=ticket.secret, grace=ticket.grace)
     connection = Connection(
         reader,
         writer,
@@ -989,9 +1301,47 @@ async def accept(
         request_handlers=request_handlers,
         stream_handlers=stream_handlers,
         options=options,
+        resume=resume,
     )
+    if resume is not None and sessions is not None:
+        sessions[session_id] = connection
+        connection.add_close_callback(lambda closed: sessions.pop(closed.session_id, None))
     connection.start()
     return connection
+
+
+async def _resume_session(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    codec: Codec,
+    resume: Resume,
+    sessions: dict[str, Connection],
+    options: ConnectionOptions,
+) -> None:
+    """Give the suspended session ``resume`` names this transport, or refuse."""
+    connection = sessions.get(resume.session_id)
+    if connection is None or connection.closed or connection._resume is None:
+        reason = "no such session (it ended, its grace period expired, or the agent restarted)"
+    elif not tokens_match(resume.secret, connection._resume.secret):
+        reason = "wrong resume secret"
+    else:
+        received = await connection._take_over()
+        try:
+            assert connection._replay is not None
+            connection._replay.unacknowledged_after(resume.received)
+        except ResumeImpossible as exc:
+            reason = f"cannot resume: {exc}"
+            connection.abort(reason)
+        else:
+            answer_resume(writer, codec, received)
+            connection._attach(reader, writer, resume.received)
+            log.info("%r: client %r resumed the session", connection, resume.client_name)
+            return
+    await refuse(reader, writer, codec, reason, linger=options.close_timeout)
+    raise HandshakeError(
+        f"refused to resume session {clip(repr(resume.session_id), 40)} for client "
+        f"{clip(repr(resume.client_name), 100)}: {reason}"
+    )
 
 
 async def _open_stream_pair(host: str, port: int) -> tuple[FrameReader, asyncio.StreamWriter]:
@@ -1014,8 +1364,12 @@ async def open_connection(
     request_handlers: Mapping[type[Message] | str, RequestHandler] | None = None,
     stream_handlers: Mapping[str, StreamHandler] | None = None,
     options: ConnectionOptions | None = None,
+    resumable: bool = False,
 ) -> Connection:
     """Connect over TCP to ``host:port`` and run the client handshake.
+
+    ``resumable``: when the connection drops, connect to ``host:port`` again and resume the
+    session (if the server offers resumption).
 
     Raises :class:`ConnectFailed` when the server is unreachable, :class:`HandshakeRefused`
     when it refuses the token or version, :class:`HandshakeError` otherwise.
@@ -1031,6 +1385,11 @@ async def open_connection(
         # asyncio's strerror is "Connect call failed (...)"; the errno text says why.
         detail = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConnectFailed(f"cannot connect to {host}:{port}: {detail}") from None
+
+    async def reconnect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with asyncio.timeout(connect_timeout):
+            return await _open_stream_pair(host, port)
+
     return await connect(
         reader,
         writer,
@@ -1040,4 +1399,5 @@ async def open_connection(
         request_handlers=request_handlers,
         stream_handlers=stream_handlers,
         options=options,
+        reconnect=reconnect if resumable else None,
     )

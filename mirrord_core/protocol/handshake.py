@@ -1,5 +1,9 @@
 """The handshake: ``Hello`` (client) → ``Welcome`` or ``Refused`` (server).
 
+A client that can reconnect announces version 2 and gets a ``ResumeTicket`` after the
+``Welcome``; on a new transport for a suspended session it sends ``Resume`` instead of
+``Hello`` and gets ``Resumed`` (or ``Refused``).
+
 Before the handshake completes the peer is unauthenticated, so the server reads at most one
 small frame (:data:`HANDSHAKE_MAX_FRAME_SIZE`) within a time limit, and every failure ends
 with an explanatory message (``Refused`` or ``ProtocolError``) and a closed connection.
@@ -23,9 +27,14 @@ from mirrord_core.protocol.errors import (
 from mirrord_core.protocol.framing import HANDSHAKE_MAX_FRAME_SIZE, read_frame, write_frame
 from mirrord_core.protocol.messages import (
     PROTOCOL_VERSION,
+    RESUMABLE_PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
     Hello,
     ProtocolError,
     Refused,
+    Resume,
+    Resumed,
+    ResumeTicket,
     Welcome,
 )
 from mirrord_core.protocol.registry import TAG_KEY, Message
@@ -65,8 +74,8 @@ async def _read_first_body(reader: asyncio.StreamReader, timeout: float) -> byte
 
 
 def _announced_version(raw: Any) -> int | None:
-    """The ``protocol_version`` of a raw ``hello`` map, if it has an integer one."""
-    if type(raw) is dict and raw.get(TAG_KEY) == Hello.TAG:
+    """The ``protocol_version`` of a raw ``hello``/``resume`` map, if it has an integer one."""
+    if type(raw) is dict and raw.get(TAG_KEY) in (Hello.TAG, Resume.TAG):
         version = raw.get("protocol_version")
         if type(version) is int:
             return version
@@ -82,8 +91,13 @@ async def server_handshake(
     session_id: str,
     timeout: float = HANDSHAKE_TIMEOUT,
     linger: float = 2.0,
-) -> Hello:
+    ticket: ResumeTicket | None = None,
+) -> Hello | Resume:
     """Run the server side: read ``Hello``, check version and token, send ``Welcome``.
+
+    A version-2 ``Hello`` gets ``ticket`` after the ``Welcome`` (a server without ``ticket``
+    answers version 1: no resumption). A ``Resume`` is returned unanswered, after the version
+    and token checks: the caller answers with :func:`answer_resume` or :func:`refuse`.
 
     On any failure the client gets ``Refused`` (wrong version or token) or ``ProtocolError``
     (anything else), the connection is closed, and :class:`HandshakeError` is raised.
@@ -93,7 +107,7 @@ async def server_handshake(
         version = _announced_version(raw)
         # Checked on the raw map: a client of another version may send a Hello whose
         # fields this version cannot structure, and it deserves "wrong version" as answer.
-        if version is None or version == PROTOCOL_VERSION:
+        if version is None or version in SUPPORTED_PROTOCOL_VERSIONS:
             message = codec.structure(raw)
     except TimeoutError:
         reason = f"no hello within the handshake timeout of {timeout} s"
@@ -110,13 +124,11 @@ async def server_handshake(
         await _fail(reader, writer, codec, None, linger)
         raise HandshakeError(f"handshake failed: {exc}") from None
 
-    if version is not None and version != PROTOCOL_VERSION:
-        reason = (
-            f"unsupported protocol version {version} (this side speaks version {PROTOCOL_VERSION})"
-        )
+    if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
+        reason = unsupported_version_reason(version)
         await _fail(reader, writer, codec, Refused(reason=reason), linger)
         raise HandshakeError(f"refused a client: {reason}")
-    if not isinstance(message, Hello):
+    if not isinstance(message, Hello | Resume):
         reason = f"expected a 'hello' message first, got {message.TAG!r}"
         await _fail(reader, writer, codec, ProtocolError(message=reason), linger)
         raise HandshakeError(f"handshake failed: {reason}")
@@ -124,34 +136,87 @@ async def server_handshake(
         reason = "invalid session token"
         await _fail(reader, writer, codec, Refused(reason=reason), linger)
         raise HandshakeError(f"refused client {clip(repr(message.client_name), 100)}: {reason}")
-    welcome = Welcome(protocol_version=PROTOCOL_VERSION, session_id=session_id)
+    if isinstance(message, Resume):
+        if message.protocol_version != RESUMABLE_PROTOCOL_VERSION:
+            reason = f"resume needs protocol version {RESUMABLE_PROTOCOL_VERSION}"
+            await _fail(reader, writer, codec, Refused(reason=reason), linger)
+            raise HandshakeError(f"refused a client: {reason}")
+        return message
+    resumable = ticket is not None and message.protocol_version == RESUMABLE_PROTOCOL_VERSION
+    version = RESUMABLE_PROTOCOL_VERSION if resumable else PROTOCOL_VERSION
+    welcome = Welcome(protocol_version=version, session_id=session_id)
     try:
-        await write_frame(writer, codec.encode(welcome))
+        answer = codec.encode_frame(welcome)
+        if resumable:
+            assert ticket is not None
+            answer += codec.encode_frame(ticket)
+        writer.write(answer)
+        await writer.drain()
     except OSError as exc:
         await _fail(reader, writer, codec, None, linger)
         raise HandshakeError(f"handshake failed: {exc}") from None
     return message
 
 
-async def client_handshake(
+def unsupported_version_reason(version: int) -> str:
+    """The ``Refused`` reason for a ``Hello`` of a version this side does not speak."""
+    return (
+        f"unsupported protocol version {version} (this side speaks version {PROTOCOL_VERSION}, "
+        f"or {RESUMABLE_PROTOCOL_VERSION} with session resumption)"
+    )
+
+
+async def refuse(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     codec: Codec,
+    reason: str,
     *,
-    token: str,
-    client_name: str,
+    linger: float = 2.0,
+) -> None:
+    """Answer a ``Resume`` with ``Refused(reason)`` and close the transport."""
+    await _fail(reader, writer, codec, Refused(reason=reason), linger)
+
+
+def answer_resume(writer: asyncio.StreamWriter, codec: Codec, received: int) -> None:
+    """Accept a ``Resume``: queue ``Resumed(received)`` (the retransmission follows it)."""
+    writer.write(codec.encode_frame(Resumed(received=received)))
+
+
+async def client_resume(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    codec: Codec,
+    resume: Resume,
+    *,
     timeout: float = HANDSHAKE_TIMEOUT,
     linger: float = 2.0,
-) -> Welcome:
-    """Run the client side: send ``Hello``, wait for ``Welcome``.
+) -> int:
+    """Send ``resume`` on a new transport; returns how many of our frames the server got.
 
-    Raises :class:`HandshakeRefused` when the server refuses (wrong token or version) and
-    :class:`HandshakeError` for a timeout, a closed connection or an invalid answer; the
-    connection is closed in every failure case.
+    Raises :class:`HandshakeRefused` when the server will not resume the session and
+    :class:`HandshakeError` otherwise; the transport is closed in every failure case.
     """
-    hello = Hello(protocol_version=PROTOCOL_VERSION, token=token, client_name=client_name)
+    message = await _exchange_first(reader, writer, codec, resume, timeout, linger)
+    if isinstance(message, Resumed):
+        return message.received
+    reason = f"expected 'resumed' or 'refused', got {message.TAG!r}"
+    await _fail(reader, writer, codec, ProtocolError(message=reason), linger)
+    raise HandshakeError(f"resumption failed: {reason}")
+
+
+async def _exchange_first(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    codec: Codec,
+    first: Message,
+    timeout: float,
+    linger: float,
+) -> Message:
+    """Send the client's first frame and return the server's answer (``Refused`` and
+    ``ProtocolError`` raised as :class:`HandshakeRefused` / :class:`HandshakeError`)."""
     try:
-        await write_frame(writer, codec.encode(hello))
+        await write_frame(writer, codec.encode(first))
         message = codec.decode(await _read_first_body(reader, timeout))
     except TimeoutError:
         await _fail(reader, writer, codec, None, linger)
@@ -179,16 +244,54 @@ async def client_handshake(
     if isinstance(message, ProtocolError):
         await _fail(reader, writer, codec, None, linger)
         raise HandshakeError(f"handshake failed: the server reported: {clip(message.message)}")
+    return message
+
+
+async def client_handshake(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    codec: Codec,
+    *,
+    token: str,
+    client_name: str,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    linger: float = 2.0,
+    resumable: bool = False,
+) -> tuple[Welcome, ResumeTicket | None]:
+    """Run the client side: send ``Hello``, wait for ``Welcome``.
+
+    ``resumable`` announces version 2; the answer then includes the server's
+    ``ResumeTicket``, or is a version-1 ``Welcome`` from a server that keeps no sessions.
+
+    Raises :class:`HandshakeRefused` when the server refuses (wrong token or version) and
+    :class:`HandshakeError` for a timeout, a closed connection or an invalid answer; the
+    connection is closed in every failure case.
+    """
+    announced = RESUMABLE_PROTOCOL_VERSION if resumable else PROTOCOL_VERSION
+    hello = Hello(protocol_version=announced, token=token, client_name=client_name)
+    message = await _exchange_first(reader, writer, codec, hello, timeout, linger)
     if not isinstance(message, Welcome):
         reason = f"expected 'welcome' or 'refused', got {message.TAG!r}"
         await _fail(reader, writer, codec, ProtocolError(message=reason), linger)
         raise HandshakeError(f"handshake failed: {reason}")
-    if message.protocol_version != PROTOCOL_VERSION:
+    if message.protocol_version not in (PROTOCOL_VERSION, announced):
         reason = (
             f"server answered with protocol version {message.protocol_version}, "
-            f"expected {PROTOCOL_VERSION}"
+            f"expected {announced}"
         )
         await _fail(reader, writer, codec, ProtocolError(message=reason), linger)
         raise HandshakeError(f"handshake failed: {reason}")
+    ticket: ResumeTicket | None = None
+    if message.protocol_version == RESUMABLE_PROTOCOL_VERSION:
+        try:
+            ticket_message = codec.decode(await _read_first_body(reader, timeout))
+        except (TimeoutError, EOFError, ProtocolViolation, OSError) as exc:
+            await _fail(reader, writer, codec, None, linger)
+            raise HandshakeError(f"handshake failed: no resume ticket: {exc!r}") from None
+        if not isinstance(ticket_message, ResumeTicket):
+            reason = f"expected 'resume_ticket', got {ticket_message.TAG!r}"
+            await _fail(reader, writer, codec, ProtocolError(message=reason), linger)
+            raise HandshakeError(f"handshake failed: {reason}")
+        ticket = ticket_message
     log.debug("handshake done, session %s", message.session_id)
-    return message
+    return message, ticket

@@ -12,8 +12,13 @@ from attrs.validators import ge, le
 
 from mirrord_core.protocol.registry import Message, register_message
 
-#: Version of the message set and its rules; the handshake refuses any other version.
+#: Version of the message set and its rules without session resumption.
 PROTOCOL_VERSION = 1
+#: Version 1 plus session resumption (``ResumeTicket``, ``Resume``, ``Resumed``, ``Ack``).
+#: A client announces it only when it can reconnect; the handshake refuses other versions.
+RESUMABLE_PROTOCOL_VERSION = 2
+#: Every version a server accepts in ``Hello``.
+SUPPORTED_PROTOCOL_VERSIONS = (PROTOCOL_VERSION, RESUMABLE_PROTOCOL_VERSION)
 
 MAX_ID = 2**63 - 1
 _MAX_NONCE = 2**64 - 1
@@ -21,6 +26,8 @@ _MAX_NONCE = 2**64 - 1
 MAX_WINDOW = 2**31 - 1
 
 _ID = [ge(1), le(MAX_ID)]
+#: A number of frames (session resumption).
+_FRAMES = [ge(0), le(MAX_ID)]
 
 
 def _bytes_repr(data: bytes) -> str:
@@ -60,6 +67,47 @@ class Refused(Message):
 
     TAG = "refused"
     reason: str
+
+
+@register_message
+@attrs.frozen(kw_only=True)
+class ResumeTicket(Message):
+    """Server → client, right after a version-2 ``Welcome``: how to resume this session.
+
+    ``secret`` is random per session and proves on reconnection that the client is the one
+    that started it (never logged); the server keeps a dropped connection ``grace`` seconds.
+    """
+
+    TAG = "resume_ticket"
+    secret: str = attrs.field(repr=False)
+    grace: float = attrs.field(validator=ge(0))
+
+
+@register_message
+@attrs.frozen(kw_only=True)
+class Resume(Message):
+    """Client → server, the first frame of a new transport for a suspended session.
+
+    ``received`` counts the frames the client received from the server after the handshake
+    (``Ack`` frames not counted); the server retransmits the ones after it.
+    """
+
+    TAG = "resume"
+    protocol_version: int = attrs.field(validator=ge(0))
+    token: str = attrs.field(repr=False)
+    client_name: str
+    session_id: str
+    secret: str = attrs.field(repr=False)
+    received: int = attrs.field(validator=_FRAMES)
+
+
+@register_message
+@attrs.frozen(kw_only=True)
+class Resumed(Message):
+    """Server → client: the session continues; ``received`` frames of the client arrived."""
+
+    TAG = "resumed"
+    received: int = attrs.field(validator=_FRAMES)
 
 
 # -- heartbeats ----------------------------------------------------------------------------
@@ -202,6 +250,19 @@ class WindowUpdate(Message):
     credit: int = attrs.field(validator=[ge(1), le(MAX_WINDOW)])
 
 
+@register_message
+@attrs.frozen(kw_only=True)
+class Ack(Message):
+    """Either direction, resumable sessions only: ``received`` frames arrived from the peer.
+
+    The peer drops those frames from its replay buffer. ``Ack`` frames are neither counted
+    nor kept for replay.
+    """
+
+    TAG = "ack"
+    received: int = attrs.field(validator=_FRAMES)
+
+
 # -- connection control --------------------------------------------------------------------
 
 
@@ -228,6 +289,9 @@ CORE_MESSAGES: tuple[type[Message], ...] = (
     Hello,
     Welcome,
     Refused,
+    ResumeTicket,
+    Resume,
+    Resumed,
     Ping,
     Pong,
     Request,
@@ -240,9 +304,17 @@ CORE_MESSAGES: tuple[type[Message], ...] = (
     StreamEnd,
     StreamReset,
     WindowUpdate,
+    Ack,
     Goodbye,
     ProtocolError,
 )
 
 #: Messages that may only appear as the first frames of a connection.
-HANDSHAKE_MESSAGES: tuple[type[Message], ...] = (Hello, Welcome, Refused)
+HANDSHAKE_MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    Welcome,
+    Refused,
+    ResumeTicket,
+    Resume,
+    Resumed,
+)

@@ -65,6 +65,9 @@ class ProtocolServer:
         self.rejected = 0
         self._server: asyncio.Server | None = None
         self._client_tasks: set[asyncio.Task[None]] = set()
+        #: Resumable sessions by id (kept while suspended, so a reconnecting client finds
+        #: its session); maintained by :func:`accept`.
+        self._sessions: dict[str, Connection] = {}
 
     async def start(
         self, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None
@@ -140,11 +143,14 @@ class ProtocolServer:
                 request_handlers=self._request_handlers,
                 stream_handlers=self._stream_handlers,
                 options=self.options,
+                sessions=self._sessions,
             )
         except HandshakeError as exc:
             self.rejected += 1
             log.warning("client %s: %s", peer, exc)
             return
+        if connection is None:
+            return  # a suspended session resumed on this socket; its first task serves it
         log.info(
             "client %s (%s) connected, session %s",
             peer,

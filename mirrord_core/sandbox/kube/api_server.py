@@ -31,7 +31,7 @@ from .ephemeral import EphemeralContainers
 from .events import EventRecorder
 from .kubelet import Kubelet
 from .node import EmulatedNode
-from .port_forward import NamespaceDialer, parse_ports, serve_port_forward
+from .port_forward import LiveForwards, NamespaceDialer, parse_ports, serve_port_forward
 from .resources import Resource
 from .selectors import (
     COMMON_FIELDS,
@@ -115,6 +115,8 @@ class KubeApiServer:
         groups = ContainerGroups(sandbox.name) if cgroups else None
         self.workloads = SandboxWorkloads(sandbox, self.store, self.node, groups, pending_pods)
         self.dialer = NamespaceDialer()
+        #: Port-forward websockets being served (tests drop them).
+        self.forwards = LiveForwards()
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -545,7 +547,7 @@ class KubeApiServer:
                 f"unable to upgrade connection: pod is not running. Current status={phase}"
             )
         return await serve_port_forward(
-            request, backing, ports, self.dialer, pod["metadata"]["uid"]
+            request, backing, ports, self.dialer, pod["metadata"]["uid"], self.forwards
         )
 
     # jobs --------------------------------------------------------------------------------

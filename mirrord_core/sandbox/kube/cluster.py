@@ -149,6 +149,17 @@ class EmulatedCluster:
             self._problems = loop.run_until_complete(self.server.stop())
             loop.close()
 
+    def drop_port_forwards(self) -> int:
+        """Break every port-forward websocket now (both ends aborted, no close frame), as a
+        failing API server or network would; returns how many there were."""
+        assert self._loop is not None and self.server is not None, "the cluster is not running"
+        forwards = self.server.forwards
+
+        async def drop() -> int:  # on the server's loop, which owns the websockets
+            return forwards.drop_all()
+
+        return asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=10)
+
     def stop(self) -> None:
         """Stop serving and clean up; raises SandboxError if something was left behind."""
         if self._thread is not None:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import WSMsgType, web
@@ -105,14 +106,55 @@ def _dial(port: int) -> socket.socket:
     return sock
 
 
+class LiveForwards:
+    """The port-forward websockets being served, so that a test can drop them all at once
+    (as a restarting API server or a broken network path would)."""
+
+    def __init__(self) -> None:
+        self._drops: set[asyncio.Event] = set()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[asyncio.Event]:
+        """Register one websocket for its lifetime; the event is set to drop it."""
+        dropped = asyncio.Event()
+        self._drops.add(dropped)
+        try:
+            yield dropped
+        finally:
+            self._drops.discard(dropped)
+
+    def drop_all(self) -> int:
+        """Drop every current websocket (both ends aborted); returns how many. Loop thread."""
+        for dropped in self._drops:
+            dropped.set()
+        return len(self._drops)
+
+
 def _port_prefix(channel: int, port: int) -> bytes:
     return bytes((channel, port & 0xFF, port >> 8))
 
 
 async def serve_port_forward(
-    request: web.Request, backing: PodBacking, ports: list[int], dialer: NamespaceDialer, uid: str
+    request: web.Request,
+    backing: PodBacking,
+    ports: list[int],
+    dialer: NamespaceDialer,
+    uid: str,
+    live: LiveForwards | None = None,
 ) -> web.WebSocketResponse:
-    """Run one port-forward websocket until both sides are done."""
+    """Run one port-forward websocket until both sides are done (or ``live`` drops it)."""
+    with (live or LiveForwards()).serving() as dropped:
+        return await _serve(request, backing, ports, dialer, uid, dropped)
+
+
+async def _serve(
+    request: web.Request,
+    backing: PodBacking,
+    ports: list[int],
+    dialer: NamespaceDialer,
+    uid: str,
+    dropped: asyncio.Event,
+) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(protocols=PROTOCOLS, max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)
     writers: dict[int, asyncio.StreamWriter] = {}
@@ -156,6 +198,7 @@ async def serve_port_forward(
                     await writer.drain()
 
     client = asyncio.create_task(from_client())
+    drop = asyncio.create_task(dropped.wait())
     try:
         if pumps:
             # Done when every pod-side connection ended, or the client went away first.
@@ -163,16 +206,23 @@ async def serve_port_forward(
             # Its outcome is the pumps' (collected below); consumed here so a cancelled
             # gather is not reported as "exception was never retrieved".
             pods_done.add_done_callback(lambda done: done.cancelled() or done.exception())
-            await asyncio.wait({client, pods_done}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({client, pods_done, drop}, return_when=asyncio.FIRST_COMPLETED)
         else:
-            await asyncio.wait({client}, timeout=1.0)
+            await asyncio.wait({client, drop}, timeout=1.0)
     finally:
+        if dropped.is_set():
+            # Dropped: no goodbye on either side, the connections just break.
+            for writer in writers.values():
+                writer.transport.abort()
+            if request.transport is not None:
+                request.transport.abort()
         for writer in writers.values():
             writer.close()
-        for task in [*pumps, client]:
+        for task in [*pumps, client, drop]:
             task.cancel()
-        await asyncio.gather(*pumps, client, return_exceptions=True)
-        await ws.close()
+        await asyncio.gather(*pumps, client, drop, return_exceptions=True)
+        if not dropped.is_set():
+            await ws.close()
     return ws
 
 

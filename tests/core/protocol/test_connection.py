@@ -63,6 +63,7 @@ from mirrord_core.protocol import (
     register_message,
 )
 from mirrord_core.protocol.errors import MAX_REASON_LENGTH
+from mirrord_core.protocol.handshake import unsupported_version_reason
 from mirrord_core.protocol.streams import Stream as StreamImpl
 
 TOKEN = "test-token-0123456789"
@@ -264,12 +265,7 @@ async def test_wrong_version_is_refused(extra_field: bool) -> None:
         writer.write(encode_frame(msgpack.packb(hello)))
         messages = await frames_until_eof(reader)
         writer.close()
-        assert messages == [
-            Refused(
-                reason=f"unsupported protocol version 99 "
-                f"(this side speaks version {PROTOCOL_VERSION})"
-            )
-        ]
+        assert messages == [Refused(reason=unsupported_version_reason(99))]
         await wait_until(lambda: server.rejected == 1)
 
 

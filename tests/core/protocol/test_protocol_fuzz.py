@@ -31,6 +31,8 @@ from mirrord_core.protocol import (
     HANDSHAKE_MAX_FRAME_SIZE,
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Ack,
     Codec,
     Connection,
     ConnectionOptions,
@@ -47,6 +49,7 @@ from mirrord_core.protocol import (
     Refused,
     Request,
     Response,
+    Resume,
     Stream,
     StreamAccept,
     StreamData,
@@ -61,6 +64,7 @@ from mirrord_core.protocol import (
 )
 from mirrord_core.protocol.errors import clip
 from mirrord_core.protocol.framing import decode_header
+from mirrord_core.protocol.handshake import unsupported_version_reason
 
 TOKEN = "fuzz-token-4f3c2a"
 CODEC = Codec()
@@ -490,7 +494,12 @@ def test_valid_frames_with_mutated_fields(
     assert result.closed_by_server
     assert len(result.messages) == 1
     version = raw.get("protocol_version")
-    if not handshake and raw["t"] == "hello" and type(version) is int and version != 1:
+    if (
+        not handshake
+        and raw["t"] == "hello"
+        and type(version) is int
+        and version not in SUPPORTED_PROTOCOL_VERSIONS
+    ):
         # A hello of another version is refused for its version before its fields are read.
         assert isinstance(result.messages[0], Refused)
         assert f"unsupported protocol version {version}" in result.messages[0].reason
@@ -507,11 +516,10 @@ def test_any_message_before_the_handshake(fuzz_server: FuzzServer, message: Mess
     )
     assert result.closed_by_server
     assert len(result.messages) == 1
-    if isinstance(message, Hello):
-        if message.protocol_version != PROTOCOL_VERSION:
+    if isinstance(message, Hello | Resume):
+        if message.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
             assert result.messages[0] == Refused(
-                reason=f"unsupported protocol version {message.protocol_version} "
-                f"(this side speaks version {PROTOCOL_VERSION})"
+                reason=unsupported_version_reason(message.protocol_version)
             )
         else:
             assert result.messages == [Refused(reason="invalid session token")]
@@ -580,6 +588,7 @@ def _violations(model: Model) -> st.SearchStrategy[tuple[Message, str]]:
             )
         ),
         st.just((Refused(reason="no"), "unexpected 'refused' message after the handshake")),
+        st.just((Ack(received=0), "'ack' on a connection without session resumption")),
     ]
     if model.last_opened:
         reused = st.integers(0, model.last_opened // 2).map(lambda n: 2 * n + 1)

@@ -96,7 +96,11 @@ def _endpoint(
             agent.release()
         api.close()
 
-    return AgentEndpoint(host="127.0.0.1", port=forwarder.port, token=token, release=release)
+    # Every connection to the forwarder opens a new port-forward websocket, so a session
+    # whose websocket drops reconnects there and resumes with the agent.
+    return AgentEndpoint(
+        host="127.0.0.1", port=forwarder.port, token=token, release=release, resumable=True
+    )
 
 
 def spawn_kube_agent(config: Any, target: ResolvedTarget) -> AgentEndpoint:

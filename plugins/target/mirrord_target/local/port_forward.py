@@ -5,9 +5,9 @@ there is piped through a port-forward websocket of its own (``kubernetes.stream.
 portforward``, the ``pods/portforward`` subresource) to the agent's port in its pod.
 
 What "re-established" means: a websocket that drops ends the one connection it carried;
-the listener stays, and the next connection (a new session, the file-system mount's
-session) gets a new websocket to the same agent, which keeps serving as long as it runs.
-The protocol session on the dropped connection does not resume.
+the listener stays, and the next connection gets a new websocket to the same agent. The
+protocol session on the dropped connection reconnects here and resumes (the endpoint is
+resumable, see docs/protocol.md), so its requests and streams carry on.
 
 The first websocket is opened by :meth:`PortForwarder.start`, so a missing permission
 (``create pods/portforward``) or an unreachable server is reported before the session
@@ -20,7 +20,10 @@ import contextlib
 import logging
 import selectors
 import socket
+import struct
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.stream import portforward
@@ -32,6 +35,9 @@ log = logging.getLogger("mirrord.target")
 _CHUNK = 256 * 1024
 # How long the proxy thread may take to see our end and close its own.
 _FINISH_TIMEOUT = 5.0
+# How often an idle pipe checks that its websocket is still connected.
+_LIVENESS_INTERVAL = 1.0
+_TCP_ESTABLISHED = 1
 
 
 class PortForwarder:
@@ -64,6 +70,7 @@ class PortForwarder:
 
     def start(self) -> PortForwarder:
         """Open the first websocket (raising a user error if that fails) and accept."""
+        _quiet_proxy_thread_resets()
         try:
             self._spare = self._open_websocket()
         except BaseException:
@@ -113,7 +120,7 @@ class PortForwarder:
             self._open.add(conn)
         remote = forward.socket(self.remote_port)
         try:
-            _pipe(conn, remote)
+            _pipe(conn, remote, lambda: _websocket_alive(forward))
         finally:
             conn.close()
             _finish(remote)
@@ -160,14 +167,66 @@ def _finish(remote: Any) -> None:
             pass
 
 
-def _pipe(local: socket.socket, remote: Any) -> None:
-    """Copy bytes both ways until either side closes."""
+_PROXY_THREAD_PREFIX = "Kubernetes port forward proxy"
+_hook_lock = threading.Lock()
+
+
+def _quiet_proxy_thread_resets() -> None:
+    """Log a kubernetes proxy thread's death by a reset websocket instead of printing its
+    traceback: a dropped websocket is expected, and the session resumes over a new one."""
+    with _hook_lock:
+        previous = threading.excepthook
+        if getattr(previous, "quiets_proxy_resets", False):
+            return
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            thread = args.thread
+            if (
+                thread is not None
+                and thread.name.startswith(_PROXY_THREAD_PREFIX)
+                and isinstance(args.exc_value, ConnectionError)
+            ):
+                log.info("port-forward websocket lost: %s", args.exc_value)
+                return
+            previous(args)
+
+        hook.quiets_proxy_resets = True  # type: ignore[attr-defined]
+        threading.excepthook = hook
+
+
+def _websocket_alive(forward: Any) -> bool:
+    """Whether the websocket under ``forward`` is still an established TCP connection.
+
+    The kubernetes client's proxy thread dies on a reset websocket (``ConnectionResetError``
+    is not the exception it handles) without closing its end of our socket pair, so a
+    reset would leave the pipe, and the session on it, waiting forever.
+    """
+    sock = getattr(getattr(forward, "websocket", None), "sock", None)
+    if sock is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except OSError:
+        return False
+    (state,) = struct.unpack_from("B", info)
+    return bool(state == _TCP_ESTABLISHED)
+
+
+def _pipe(local: socket.socket, remote: Any, alive: Callable[[], bool]) -> None:
+    """Copy bytes both ways until either side closes (or ``alive()``, asked about once a
+    second, says the remote's carrier is gone)."""
     peers = {local.fileno(): remote, remote.fileno(): local}
     with selectors.DefaultSelector() as selector:
         selector.register(local, selectors.EVENT_READ)
         selector.register(remote.fileno(), selectors.EVENT_READ)
+        checked = time.monotonic()
         while True:
-            for key, _ in selector.select():
+            events = selector.select(_LIVENESS_INTERVAL)
+            if time.monotonic() - checked >= _LIVENESS_INTERVAL:
+                if not alive():
+                    return
+                checked = time.monotonic()
+            for key, _ in events:
                 source = local if key.fd == local.fileno() else remote
                 try:
                     data = source.recv(_CHUNK)
