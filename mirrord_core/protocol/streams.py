@@ -259,15 +259,13 @@ class Stream:
         what :meth:`write` raises."""
         view = memoryview(data).cast("B")
         connection = self.connection
-        if (
-            self._write_lock.locked()
-            or len(view) > self._send_credit
-            or connection._writer.transport.get_write_buffer_size()
-        ):
-            return False
+        if self._write_lock.locked():
+            return False  # a write is under way: ours goes after it
         self._ensure_accepted(None)
         self._raise_if_not_writable()
         connection._raise_if_closed()
+        if len(view) > self._send_credit or connection._writer.transport.get_write_buffer_size():
+            return False
         parts = connection.codec.stream_data_frame_parts(self.id, view, MAX_DATA_CHUNK)
         self._send_credit -= len(view)
         connection._write_parts(parts)
