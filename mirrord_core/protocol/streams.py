@@ -255,7 +255,8 @@ class Stream:
     def write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` now if that needs no waiting: flow-control credit for all of it,
         no :meth:`write` under way and nothing queued on the connection. ``False`` (nothing
-        sent) otherwise: then :meth:`write` it. Keeps no reference to ``data``; raises
+        sent) otherwise (also while a resumable connection is suspended or waits for
+        acknowledgements): then :meth:`write` it. Keeps no reference to ``data``; raises
         what :meth:`write` raises."""
         view = memoryview(data).cast("B")
         connection = self.connection
@@ -266,6 +267,9 @@ class Stream:
         connection._raise_if_closed()
         if len(view) > self._send_credit or connection._writer.transport.get_write_buffer_size():
             return False
+        replay = connection._replay
+        if replay is not None and (connection._suspended or replay.full):
+            return False  # write() waits for the new transport or the peer's acknowledgement
         parts = connection.codec.stream_data_frame_parts(self.id, view, MAX_DATA_CHUNK)
         self._send_credit -= len(view)
         connection._write_parts(parts)
