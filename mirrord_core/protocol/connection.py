@@ -997,6 +997,7 @@ class Connection:
         last_error = "no attempt"
         while (remaining := deadline - self._loop.time()) > 0:
             limit = min(remaining, self.options.handshake_timeout)
+            writer = None
             try:
                 async with asyncio.timeout(limit):
                     reader, writer = await resume.reconnect()
@@ -1015,6 +1016,10 @@ class Connection:
                     timeout=limit,
                     linger=self.options.close_timeout,
                 )
+            except asyncio.CancelledError:
+                if writer is not None:
+                    writer.transport.abort()  # closed while reconnecting
+                raise
             except HandshakeRefused as exc:
                 self._shutdown(
                     ResumeRefused(
@@ -1329,6 +1334,8 @@ async def _resume_session(
         try:
             assert connection._replay is not None
             connection._replay.unacknowledged_after(resume.received)
+            if connection.closed:  # its grace ended while we waited for its reader
+                raise ResumeImpossible("the session ended")
         except ResumeImpossible as exc:
             reason = f"cannot resume: {exc}"
             connection.abort(reason)

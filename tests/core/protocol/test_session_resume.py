@@ -32,7 +32,7 @@ from mirrord_core.protocol import (
     open_connection,
     register_message,
 )
-from mirrord_core.session import Session
+from mirrord_core.session import Session, SessionError
 from mirrord_core.target_model import AgentEndpoint
 
 TOKEN = "resume-test-token"
@@ -327,6 +327,21 @@ async def test_a_session_the_server_no_longer_has_is_refused() -> None:
         s.proxy.refusing = False
         with pytest.raises(ResumeRefused, match="no such session"):
             await client.request(Gated(value=1))
+
+
+@async_test(timeout=30)
+async def test_a_session_that_cannot_resume_fails_with_a_session_error() -> None:
+    options = attrs.evolve(OPTIONS, resume_grace=0.3)
+    async with setup(options) as s:
+        host, port = s.proxy.address
+        endpoint = AgentEndpoint(host=host, port=port, token=TOKEN, resumable=True)
+        session = await Session.connect(endpoint, client_name="session")
+        assert session.connection.resumable
+        s.proxy.refusing = True
+        s.proxy.cut()
+        with pytest.raises(SessionError, match=r"^lost the agent: .*resume the session"):
+            await session.request(Gated(value=1))
+        await session.close()
 
 
 @async_test(timeout=30)

@@ -212,7 +212,7 @@ def _websocket_alive(forward: Any) -> bool:
     return bool(state == _TCP_ESTABLISHED)
 
 
-def _pipe(local: socket.socket, remote: Any, alive: Callable[[], bool]) -> None:
+def _pipe(local: socket.socket, remote: Any, alive: Callable[[], bool] = lambda: True) -> None:
     """Copy bytes both ways until either side closes (or ``alive()``, asked about once a
     second, says the remote's carrier is gone)."""
     peers = {local.fileno(): remote, remote.fileno(): local}
