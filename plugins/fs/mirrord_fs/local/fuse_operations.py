@@ -33,6 +33,17 @@ log = logging.getLogger("mirrord.fs.fuse")
 
 T = TypeVar("T")
 
+#: The largest read the kernel asks for: 1 MiB less 16 KiB, so that an answer (its data,
+#: header and the pages libfuse adds to its estimate) fits in a 1 MiB pipe — the largest
+#: a process without CAP_SYS_RESOURCE may make one — and libfuse splices it from the
+#: cache file into /dev/fuse instead of reading it into a buffer and writing that.
+#: (Measured on the first read of a 64 MiB file: ~1.5x with 1008 KiB reads spliced,
+#: against 1 MiB reads copied.)
+FUSE_MAX_READ = 1024 * 1024 - 16 * 1024
+# fuse_common.h: libfuse splices answers only when the file system asks for it.
+_FUSE_CAP_SPLICE_WRITE = 1 << 7
+_FUSE_CAP_SPLICE_MOVE = 1 << 8
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 # utimensat's special nanosecond values (linux/stat.h).
 _UTIME_NOW = (1 << 30) - 1
@@ -350,6 +361,10 @@ class RemoteOperations(mfusepy.Operations):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            # Must match the mount's max_read option (libfuse refuses to start otherwise).
+            conn.max_read = FUSE_MAX_READ
+            conn.want |= conn.capable & (_FUSE_CAP_SPLICE_WRITE | _FUSE_CAP_SPLICE_MOVE)
         if config is not None:
             # A file unlinked while open is removed at once: libfuse would otherwise rename
             # it to .fuse_hidden* in the target's file system.

@@ -32,7 +32,12 @@ from mirrord_core.target_model import AgentEndpoint
 from mirrord_core.user_errors import UserError
 from mirrord_fs.local import mount_lifecycle
 from mirrord_fs.local.fuse_driver import FuseDriver
-from mirrord_fs.local.fuse_operations import AsyncBridge, MountStats, RemoteOperations
+from mirrord_fs.local.fuse_operations import (
+    FUSE_MAX_READ,
+    AsyncBridge,
+    MountStats,
+    RemoteOperations,
+)
 from mirrord_fs.local.read_cache import ReadCache
 from mirrord_fs.local.remote_files import RemoteFiles
 
@@ -47,9 +52,9 @@ STOP_TIMEOUT = 5.0
 BUSY_STOP_TIMEOUT = 0.5
 
 
-#: Kernel read-ahead on the mount, in KiB: sequential reads then reach us as 1 MiB requests
-#: (libfuse's largest) instead of the default 128 KiB, eight times fewer Python calls.
-READAHEAD_KB = 1024
+#: Kernel read-ahead on the mount, in KiB: sequential reads then reach us as requests of
+#: ``FUSE_MAX_READ`` (one per read-ahead window) instead of the default 128 KiB.
+READAHEAD_KB = FUSE_MAX_READ // 1024
 
 
 def _raise_readahead(connection: int) -> None:
@@ -247,6 +252,7 @@ class RemoteMount:
             f"attr_timeout={attr_ttl:g}",
             f"entry_timeout={attr_ttl:g}",
             f"negative_timeout={negative_ttl:g}",
+            f"max_read={FUSE_MAX_READ}",
         ]
         if not self.writable:
             options.append("ro")
