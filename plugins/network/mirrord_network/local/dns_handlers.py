@@ -189,10 +189,13 @@ def _wrap(task: asyncio.Task[None]) -> Future[None]:
     future: Future[None] = Future()
 
     def copy(done: asyncio.Task[None]) -> None:
+        error = None if done.cancelled() else done.exception()  # retrieved in every case
+        if future.done():
+            return  # the waiter gave up (cancelled it) while the task finished
         if done.cancelled():
             future.cancel()
-        elif done.exception() is not None:
-            future.set_exception(done.exception())  # type: ignore[arg-type]
+        elif error is not None:
+            future.set_exception(error)
         else:
             future.set_result(None)
 
