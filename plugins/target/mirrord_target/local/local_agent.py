@@ -28,7 +28,14 @@ class AgentStartError(UserError):
     """The local agent did not start; the message includes what it printed."""
 
 
+#: How long a released agent gets to exit by itself: it leaves as soon as its last client
+#: did, and a SIGTERM arriving during that teardown would end it as "killed".
+SELF_EXIT_GRACE = 2.0
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=SELF_EXIT_GRACE)
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
