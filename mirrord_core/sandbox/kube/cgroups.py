@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -146,23 +145,3 @@ def remove_stale_groups(live_sandboxes: Iterable[str], mount: Path | None = None
     with contextlib.suppress(OSError):
         slice_dir.rmdir()
     return removed
-
-
-def pids_of_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (processes it forked before we moved it)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree

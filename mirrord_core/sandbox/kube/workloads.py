@@ -18,11 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mirrord_core.linux.process_family import process_tree
 from mirrord_core.sandbox import DEFAULT_HTTP_PORT, Pod, Sandbox
 from mirrord_core.sandbox.process import ProcessRef, tcp_listening
 
 from . import resources
-from .cgroups import ContainerGroups, pids_of_tree
+from .cgroups import ContainerGroups
 from .node import (
     HOST_IP,
     EmulatedNode,
@@ -135,7 +136,7 @@ class SandboxWorkloads:
             ref = ProcessRef.of(pod.pid)
             self._started[names.pod] = now()
             if self.groups is not None and ref is not None:
-                self.groups.attach(names.container_id, pids_of_tree(pod.pid))
+                self.groups.attach(names.container_id, process_tree(pod.pid))
             self._live[(pod.namespace, names.pod)] = (pod, ref, names)
             self.node.pods[(pod.namespace, names.pod)] = PodBacking(
                 namespace=pod.namespace,
