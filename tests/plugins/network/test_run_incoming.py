@@ -169,13 +169,17 @@ def steal_config(port: int, **incoming: object) -> dict[str, object]:
 
 
 def start_stealing(
-    sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
+    sandbox: Sandbox,
+    site: Path,
+    tmp_path: Path,
+    runs: list[MirrordRun],
+    **extra_config: object,
 ) -> MirrordRun:
-    """A Python app under ``mirrord run`` stealing the web pod's port 8080, once it does."""
+    """A Python app under ``mirrord run`` stealing the web pod's port 8080, once it does;
+    ``extra_config`` adds top-level config sections (``agent={...}``)."""
     port = free_port()
-    run = MirrordRun(
-        tmp_path, sandbox.pod("web").pid, app_command("python", port, site), steal_config(port)
-    )
+    config = {**steal_config(port), **extra_config}
+    run = MirrordRun(tmp_path, sandbox.pod("web").pid, app_command("python", port, site), config)
     runs.append(run)
     wait_for(lambda: fetch(sandbox, "/index.html") == LOCAL_BODY, "the port to be stolen")
     return run
@@ -282,12 +286,8 @@ def process_state(pid: int) -> str:
 def test_pause_freezes_the_target_while_stealing_and_thaws_it_after(
     sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
 ) -> None:
-    port = free_port()
     target = sandbox.pod("web").pid
-    config = {**steal_config(port), "agent": {"pause": True}}
-    run = MirrordRun(tmp_path, target, app_command("python", port, site), config)
-    runs.append(run)
-    wait_for(lambda: fetch(sandbox, "/index.html") == LOCAL_BODY, "the port to be stolen")
+    run = start_stealing(sandbox, site, tmp_path, runs, agent={"pause": True})
     assert process_state(target) == "T"
     run.stop()
     wait_for(lambda: process_state(target) != "T", "the target to be thawed")
@@ -297,12 +297,9 @@ def test_pause_freezes_the_target_while_stealing_and_thaws_it_after(
 def test_pause_thaws_the_target_when_everything_is_killed(
     sandbox: Sandbox, site: Path, tmp_path: Path, runs: list[MirrordRun]
 ) -> None:
-    port = free_port()
     target = sandbox.pod("web").pid
-    config = {**steal_config(port), "agent": {"pause": True}}
-    run = MirrordRun(tmp_path, target, app_command("python", port, site), config)
-    runs.append(run)
-    wait_for(lambda: process_state(target) == "T", "the target to be paused")
+    run = start_stealing(sandbox, site, tmp_path, runs, agent={"pause": True})
+    assert process_state(target) == "T"
     run.kill_everything()
     wait_for(lambda: process_state(target) != "T", "the watchdog to thaw the target")
     wait_until_pod_answers(sandbox)
