@@ -28,6 +28,7 @@ from mirrord_core.sandbox.kube import EmulatedCluster, default_agent_image
 from mirrord_core.session import Session
 from mirrord_core.target_model import AgentEndpoint
 from mirrord_env.messages import GetEnv
+from mirrord_target.local.agent_spec import random_agent_port
 
 T = TypeVar("T")
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -100,7 +101,9 @@ class AgentSpec:
     @classmethod
     def new(cls, image: str | None = None) -> AgentSpec:
         return cls(
-            port=30000 + secrets.randbelow(30000),
+            # The plugin's range: below the ephemeral ports, which the host's own client
+            # connections may hold (the emulated agents listen on the host's loopback).
+            port=random_agent_port(),
             token=secrets.token_hex(32),
             image=image or default_agent_image(),
         )

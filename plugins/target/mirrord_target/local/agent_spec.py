@@ -24,7 +24,15 @@ AGENT_LABELS = {"app": "mirrord"}
 # stays below Linux's ephemeral ports (32768-60999) all the same: where the agent shares a
 # network namespace (an emulated node, hostNetwork), a port the kernel handed to some
 # client connection would make the agent's bind fail.
-_PORT_RANGE = (10000, 30000)
+AGENT_PORT_RANGE = (10000, 30000)
+
+
+def random_agent_port() -> int:
+    """A port in :data:`AGENT_PORT_RANGE` for an agent to listen on."""
+    low, high = AGENT_PORT_RANGE
+    return low + secrets.randbelow(high - low)
+
+
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -47,9 +55,7 @@ class AgentSpec:
     namespace: str | None
     pause: bool = False
     token: str = attrs.field(factory=lambda: secrets.token_hex(32), repr=False)
-    port: int = attrs.field(
-        factory=lambda: _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
-    )
+    port: int = attrs.field(factory=random_agent_port)
 
     @classmethod
     def from_config(cls, agent: Any) -> AgentSpec:
